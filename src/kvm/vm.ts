@@ -1,0 +1,228 @@
+/**
+ * A KVM virtual machine: guest RAM slots (one anonymous mmap per region), the in-kernel irqchip
+ * and PIT, interrupt injection (KVM_IRQ_LINE, KVM_SIGNAL_MSI), irqfd/ioeventfd, the MSR filter
+ * that sends chosen MSRs to user space, and vCPU creation.
+ * @module
+ */
+import { C, check, close, libc, mmap } from "../../ffi/libc.ts";
+import { KVM, KVM_IOCTL, KVM_STRUCT } from "../../ffi/kvm_abi.ts";
+import type { IrqLine, MsiSink } from "../machine/irq.ts";
+import type { Kvm } from "./kvm.ts";
+
+/** A RAM region mapped into the guest: its host address lets every thread build a view. */
+export interface RamRegion {
+  slot: number;
+  gpa: number;
+  size: number;
+  /** Host virtual address of the mapping (as bigint, so it can cross to Workers). */
+  hostAddress: bigint;
+}
+
+/** An MSR range for KVM_X86_SET_MSR_FILTER that is denied to KVM (it exits to user space). */
+export interface MsrRange {
+  base: number;
+  count: number;
+}
+
+function req(n: number): bigint {
+  return BigInt(n);
+}
+
+/** An open KVM VM. */
+export class Vm implements MsiSink {
+  #fd: number;
+  readonly kvm: Kvm;
+  readonly #regions: RamRegion[] = [];
+  readonly #irqBuf = new Uint8Array(KVM_STRUCT.kvm_irq_level.size);
+  readonly #irqView = new DataView(this.#irqBuf.buffer);
+  readonly #msiBuf = new Uint8Array(KVM_STRUCT.kvm_msi.size);
+  readonly #msiView = new DataView(this.#msiBuf.buffer);
+  // Bitmaps handed to the kernel by pointer must outlive the ioctl.
+  #filterKeepAlive: Uint8Array[] = [];
+
+  constructor(fd: number, kvm: Kvm) {
+    this.#fd = fd;
+    this.kvm = kvm;
+  }
+
+  /** The VM file descriptor (valid in every thread of the process). */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /** RAM regions added so far. */
+  get regions(): readonly RamRegion[] {
+    return this.#regions;
+  }
+
+  /** Maps `size` bytes of anonymous memory at guest physical `gpa`. */
+  addRam(gpa: number, size: number): RamRegion {
+    const ptr = mmap(
+      size,
+      C.PROT_READ | C.PROT_WRITE,
+      C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE,
+    );
+    libc.madvise(ptr, BigInt(size), C.MADV_HUGEPAGE);
+    const region: RamRegion = {
+      slot: this.#regions.length,
+      gpa,
+      size,
+      hostAddress: BigInt(Deno.UnsafePointer.value(ptr)),
+    };
+    const S = KVM_STRUCT.kvm_userspace_memory_region;
+    const buf = new Uint8Array(S.size);
+    const dv = new DataView(buf.buffer);
+    dv.setUint32(S.slot, region.slot, true);
+    dv.setUint32(S.flags, 0, true);
+    dv.setBigUint64(S.guest_phys_addr, BigInt(gpa), true);
+    dv.setBigUint64(S.memory_size, BigInt(size), true);
+    dv.setBigUint64(S.userspace_addr, region.hostAddress, true);
+    this.#ioctlBuf("KVM_SET_USER_MEMORY_REGION", KVM_IOCTL.KVM_SET_USER_MEMORY_REGION, buf);
+    this.#regions.push(region);
+    return region;
+  }
+
+  #ioctlBuf(name: string, request: number, buf: Uint8Array<ArrayBuffer>): number {
+    return check(`ioctl(${name})`, libc.ioctl_buf(this.#fd, req(request), buf));
+  }
+
+  #ioctlInt(name: string, request: number, arg: number | bigint): number {
+    return check(`ioctl(${name})`, libc.ioctl_int(this.#fd, req(request), BigInt(arg)));
+  }
+
+  /** KVM_SET_TSS_ADDR (3 pages below 4 GiB that the guest never uses, needed on Intel). */
+  setTssAddress(gpa: number): void {
+    this.#ioctlInt("KVM_SET_TSS_ADDR", KVM_IOCTL.KVM_SET_TSS_ADDR, gpa);
+  }
+
+  /** KVM_SET_IDENTITY_MAP_ADDR (one page, needed on Intel without unrestricted guest). */
+  setIdentityMapAddress(gpa: number): void {
+    const buf = new Uint8Array(8);
+    new DataView(buf.buffer).setBigUint64(0, BigInt(gpa), true);
+    this.#ioctlBuf("KVM_SET_IDENTITY_MAP_ADDR", KVM_IOCTL.KVM_SET_IDENTITY_MAP_ADDR, buf);
+  }
+
+  /** In-kernel PIC + IOAPIC + per-vCPU LAPIC. */
+  createIrqchip(): void {
+    this.#ioctlInt("KVM_CREATE_IRQCHIP", KVM_IOCTL.KVM_CREATE_IRQCHIP, 0);
+  }
+
+  /** In-kernel PIT (i8254) with the dummy speaker port. */
+  createPit(): void {
+    const buf = new Uint8Array(KVM_STRUCT.kvm_pit_config.size);
+    new DataView(buf.buffer).setUint32(
+      KVM_STRUCT.kvm_pit_config.flags,
+      KVM.KVM_PIT_SPEAKER_DUMMY,
+      true,
+    );
+    this.#ioctlBuf("KVM_CREATE_PIT2", KVM_IOCTL.KVM_CREATE_PIT2, buf);
+  }
+
+  /** KVM_ENABLE_CAP on the VM. */
+  enableCap(cap: number, ...args: bigint[]): void {
+    const S = KVM_STRUCT.kvm_enable_cap;
+    const buf = new Uint8Array(S.size);
+    const dv = new DataView(buf.buffer);
+    dv.setUint32(S.cap, cap, true);
+    args.forEach((a, i) => dv.setBigUint64(S.args + i * 8, a, true));
+    this.#ioctlBuf(`KVM_ENABLE_CAP(${cap})`, KVM_IOCTL.KVM_ENABLE_CAP, buf);
+  }
+
+  /**
+   * Sends the given MSR ranges to user space on every read and write: enables
+   * KVM_CAP_X86_USER_SPACE_MSR for filtered (and unknown) MSRs and installs a filter that denies
+   * exactly these ranges to KVM, allowing everything else.
+   */
+  routeMsrsToUserSpace(ranges: readonly MsrRange[]): void {
+    this.enableCap(
+      KVM.KVM_CAP_X86_USER_SPACE_MSR,
+      BigInt(KVM.KVM_MSR_EXIT_REASON_FILTER),
+    );
+    const F = KVM_STRUCT.kvm_msr_filter;
+    const R = KVM_STRUCT.kvm_msr_filter_range;
+    if (ranges.length > KVM.KVM_MSR_FILTER_MAX_RANGES) {
+      throw new Error("too many MSR filter ranges");
+    }
+    const buf = new Uint8Array(F.size);
+    const dv = new DataView(buf.buffer);
+    dv.setUint32(F.flags, KVM.KVM_MSR_FILTER_DEFAULT_ALLOW, true);
+    this.#filterKeepAlive = [];
+    ranges.forEach((r, i) => {
+      const bitmap = new Uint8Array(Math.ceil(r.count / 8)); // all zero: deny → exit
+      this.#filterKeepAlive.push(bitmap);
+      const b = F.ranges + i * R.size;
+      dv.setUint32(b + R.flags, KVM.KVM_MSR_FILTER_READ | KVM.KVM_MSR_FILTER_WRITE, true);
+      dv.setUint32(b + R.nmsrs, r.count, true);
+      dv.setUint32(b + R.base, r.base, true);
+      dv.setBigUint64(
+        b + R.bitmap,
+        BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bitmap))),
+        true,
+      );
+    });
+    this.#ioctlBuf("KVM_X86_SET_MSR_FILTER", KVM_IOCTL.KVM_X86_SET_MSR_FILTER, buf);
+  }
+
+  /** Sets GSI `gsi` to `level` on the in-kernel irqchip. */
+  setIrqLine(gsi: number, level: boolean): void {
+    this.#irqView.setUint32(KVM_STRUCT.kvm_irq_level.irq, gsi, true);
+    this.#irqView.setUint32(KVM_STRUCT.kvm_irq_level.level, level ? 1 : 0, true);
+    libc.ioctl_buf(this.#fd, req(KVM_IOCTL.KVM_IRQ_LINE), this.#irqBuf);
+  }
+
+  /** An `IrqLine` for one GSI. */
+  irqLine(gsi: number): IrqLine {
+    return { set: (level) => this.setIrqLine(gsi, level) };
+  }
+
+  /** KVM_SIGNAL_MSI: an x86 MSI (address 0xFEE00000 | dest << 12, data = vector | mode). */
+  signalMsi(address: number, data: number): void {
+    const S = KVM_STRUCT.kvm_msi;
+    this.#msiView.setUint32(S.address_lo, address >>> 0, true);
+    this.#msiView.setUint32(S.address_hi, 0, true);
+    this.#msiView.setUint32(S.data, data >>> 0, true);
+    libc.ioctl_buf(this.#fd, req(KVM_IOCTL.KVM_SIGNAL_MSI), this.#msiBuf);
+  }
+
+  /** KVM_IRQFD: writes to `eventfd` raise GSI `gsi` in the kernel, no exit to user space. */
+  irqfd(eventfd: number, gsi: number): void {
+    const S = KVM_STRUCT.kvm_irqfd;
+    const buf = new Uint8Array(S.size);
+    const dv = new DataView(buf.buffer);
+    dv.setUint32(S.fd, eventfd, true);
+    dv.setUint32(S.gsi, gsi, true);
+    this.#ioctlBuf("KVM_IRQFD", KVM_IOCTL.KVM_IRQFD, buf);
+  }
+
+  /** KVM_IOEVENTFD: a guest write to `addr` (PIO when `pio`) signals `eventfd` without an exit. */
+  ioeventfd(eventfd: number, addr: number, length: number, pio: boolean): void {
+    const S = KVM_STRUCT.kvm_ioeventfd;
+    const buf = new Uint8Array(S.size);
+    const dv = new DataView(buf.buffer);
+    dv.setBigUint64(S.addr, BigInt(addr), true);
+    dv.setUint32(S.len, length, true);
+    dv.setInt32(S.fd, eventfd, true);
+    dv.setUint32(S.flags, pio ? KVM.KVM_IOEVENTFD_FLAG_PIO : 0, true);
+    this.#ioctlBuf("KVM_IOEVENTFD", KVM_IOCTL.KVM_IOEVENTFD, buf);
+  }
+
+  /** KVM_CREATE_VCPU; returns the vCPU fd. */
+  createVcpuFd(id: number): number {
+    return this.#ioctlInt(`KVM_CREATE_VCPU(${id})`, KVM_IOCTL.KVM_CREATE_VCPU, id);
+  }
+
+  /** Closes the VM fd and unmaps guest RAM; safe to call twice. Call after all vCPUs stopped. */
+  close(): void {
+    if (this.#fd < 0) return;
+    close(this.#fd);
+    this.#fd = -1;
+    for (const r of this.#regions) {
+      libc.munmap(Deno.UnsafePointer.create(r.hostAddress), BigInt(r.size));
+    }
+    this.#regions.length = 0;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
