@@ -1,0 +1,142 @@
+/**
+ * hyperdeno command line: `boot` a Linux kernel, `doctor` this host's KVM, `--help`, `--version`.
+ * Bad input prints one line on stderr and exits 2; a guest power-off exits 0.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { UsageError } from "./src/util/errors.ts";
+import {
+  parseCpus,
+  parseOnCrash,
+  parseSerial,
+  parseSize,
+  type VmConfig,
+} from "./src/vmm/config.ts";
+import denoJson from "./deno.json" with { type: "json" };
+
+/** Version printed by `--version`. */
+export const VERSION: string = denoJson.version;
+
+const HELP =
+  `hyperdeno ${VERSION}: a KVM hypervisor hosted by Deno, with Hyper-V enlightenments and VMBus
+
+Usage:
+  hyperdeno boot --kernel PATH [options]   boot a Linux bzImage
+  hyperdeno doctor                         what this host's /dev/kvm can do
+  hyperdeno --help | --version
+
+boot options:
+  --kernel PATH          Linux bzImage (64-bit boot protocol 2.12+)            (required)
+  --initrd PATH          initramfs / initrd image
+  --cmdline STR          kernel command line        (default: "console=ttyS0 panic=-1")
+  --memory SIZE          guest RAM, e.g. 512M, 2G (no unit = MiB)                (default: 512M)
+  --cpus N               vCPUs, 1..64                                            (default: 1)
+  --serial SPEC          COM1: stdio | file=PATH | none                          (default: stdio)
+  --no-reboot            exit 0 when the guest resets instead of rebooting it
+  --hv LIST              Hyper-V enlightenments: all | none | comma list         (default: all)
+  --hv-kvm-leaves        also expose KVM's CPUID leaves (at 0x40000100)
+  --on-crash ACTION      guest crash report: poweroff | pause | reset            (default: poweroff)
+  --log-level LEVEL      error | warning | info | debug                          (default: warning)
+
+Exit status: 0 guest powered off (or reset with --no-reboot), 1 the VM failed (triple fault,
+internal error: the vCPU state is printed), 2 bad input.
+
+Examples:
+  deno run -A cli.ts boot --kernel /boot/vmlinuz-6.1.0-56-amd64 --initrd init.cpio.gz --cpus 2
+  deno run -A cli.ts boot --kernel bzImage --memory 2G --serial file=console.log --no-reboot
+  deno run -A cli.ts doctor
+`;
+
+/** Parses `boot` arguments into a VmConfig; throws UsageError on any bad input. */
+export function parseBootArgs(args: string[]): VmConfig & { logLevel: string } {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        kernel: { type: "string" },
+        initrd: { type: "string" },
+        cmdline: { type: "string", default: "console=ttyS0 panic=-1" },
+        memory: { type: "string", default: "512M" },
+        cpus: { type: "string", default: "1" },
+        serial: { type: "string", default: "stdio" },
+        "no-reboot": { type: "boolean", default: false },
+        hv: { type: "string", default: "all" },
+        "hv-kvm-leaves": { type: "boolean", default: false },
+        "on-crash": { type: "string", default: "poweroff" },
+        "log-level": { type: "string", default: "warning" },
+      },
+    });
+  } catch (e) {
+    throw new UsageError(`boot: ${(e as Error).message}`);
+  }
+  const v = parsed.values;
+  if (!v.kernel) throw new UsageError("boot: --kernel PATH is required (see --help)");
+  if (!["error", "warning", "info", "debug"].includes(v["log-level"])) {
+    throw new UsageError(
+      `--log-level: '${v["log-level"]}' is not one of error, warning, info, debug`,
+    );
+  }
+  const config: VmConfig & { logLevel: string } = {
+    kernelPath: v.kernel,
+    cmdline: v.cmdline,
+    memoryBytes: parseSize(v.memory, "--memory"),
+    cpus: parseCpus(v.cpus),
+    serial: parseSerial(v.serial),
+    noReboot: v["no-reboot"],
+    hv: v.hv,
+    hvKvmLeaves: v["hv-kvm-leaves"],
+    onCrash: parseOnCrash(v["on-crash"]),
+    logLevel: v["log-level"],
+  };
+  if (v.initrd !== undefined) config.initrdPath = v.initrd;
+  return config;
+}
+
+/** Runs the CLI; returns the process exit status. */
+export async function main(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  try {
+    switch (command) {
+      case undefined:
+      case "--help":
+      case "-h":
+      case "help":
+        console.log(HELP);
+        return command === undefined ? 2 : 0;
+      case "--version":
+      case "-V":
+        console.log(`hyperdeno ${VERSION} (deno ${Deno.version.deno})`);
+        return 0;
+      case "boot": {
+        if (rest.includes("--help") || rest.includes("-h")) {
+          console.log(HELP);
+          return 0;
+        }
+        const config = parseBootArgs(rest);
+        const { configureLogging } = await import("./src/vmm/logging.ts");
+        await configureLogging(config.logLevel);
+        const { runVm } = await import("./src/vmm/vmm.ts");
+        return await runVm(config);
+      }
+      case "doctor": {
+        const { doctor } = await import("./src/vmm/doctor.ts");
+        return doctor();
+      }
+      default:
+        throw new UsageError(`unknown command '${command}' (try --help)`);
+    }
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`hyperdeno: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}
