@@ -48,7 +48,7 @@ Examples:
 `;
 
 /** Parses `boot` arguments into a VmConfig; throws UsageError on any bad input. */
-export function parseBootArgs(args: string[]): VmConfig & { logLevel: string } {
+export function parseBootArgs(args: string[]): VmConfig {
   let parsed;
   try {
     parsed = parseArgs({
@@ -79,7 +79,7 @@ export function parseBootArgs(args: string[]): VmConfig & { logLevel: string } {
       `--log-level: '${v["log-level"]}' is not one of error, warning, info, debug`,
     );
   }
-  const config: VmConfig & { logLevel: string } = {
+  const config: VmConfig = {
     kernelPath: v.kernel,
     cmdline: v.cmdline,
     memoryBytes: parseSize(v.memory, "--memory"),

@@ -29,20 +29,19 @@ function req(n: number): bigint {
 }
 
 /** An open KVM VM. */
-export class Vm implements MsiSink {
+export class Vm {
   #fd: number;
   readonly kvm: Kvm;
   readonly #regions: RamRegion[] = [];
-  readonly #irqBuf = new Uint8Array(KVM_STRUCT.kvm_irq_level.size);
-  readonly #irqView = new DataView(this.#irqBuf.buffer);
-  readonly #msiBuf = new Uint8Array(KVM_STRUCT.kvm_msi.size);
-  readonly #msiView = new DataView(this.#msiBuf.buffer);
+  /** Interrupt injection into this VM. */
+  readonly interrupts: VmInterrupts;
   // Bitmaps handed to the kernel by pointer must outlive the ioctl.
   #filterKeepAlive: Uint8Array[] = [];
 
   constructor(fd: number, kvm: Kvm) {
     this.#fd = fd;
     this.kvm = kvm;
+    this.interrupts = new VmInterrupts(fd);
   }
 
   /** The VM file descriptor (valid in every thread of the process). */
@@ -163,27 +162,6 @@ export class Vm implements MsiSink {
     this.#ioctlBuf("KVM_X86_SET_MSR_FILTER", KVM_IOCTL.KVM_X86_SET_MSR_FILTER, buf);
   }
 
-  /** Sets GSI `gsi` to `level` on the in-kernel irqchip. */
-  setIrqLine(gsi: number, level: boolean): void {
-    this.#irqView.setUint32(KVM_STRUCT.kvm_irq_level.irq, gsi, true);
-    this.#irqView.setUint32(KVM_STRUCT.kvm_irq_level.level, level ? 1 : 0, true);
-    libc.ioctl_buf(this.#fd, req(KVM_IOCTL.KVM_IRQ_LINE), this.#irqBuf);
-  }
-
-  /** An `IrqLine` for one GSI. */
-  irqLine(gsi: number): IrqLine {
-    return { set: (level) => this.setIrqLine(gsi, level) };
-  }
-
-  /** KVM_SIGNAL_MSI: an x86 MSI (address 0xFEE00000 | dest << 12, data = vector | mode). */
-  signalMsi(address: number, data: number): void {
-    const S = KVM_STRUCT.kvm_msi;
-    this.#msiView.setUint32(S.address_lo, address >>> 0, true);
-    this.#msiView.setUint32(S.address_hi, 0, true);
-    this.#msiView.setUint32(S.data, data >>> 0, true);
-    libc.ioctl_buf(this.#fd, req(KVM_IOCTL.KVM_SIGNAL_MSI), this.#msiBuf);
-  }
-
   /** KVM_IRQFD: writes to `eventfd` raise GSI `gsi` in the kernel, no exit to user space. */
   irqfd(eventfd: number, gsi: number): void {
     const S = KVM_STRUCT.kvm_irqfd;
@@ -224,5 +202,42 @@ export class Vm implements MsiSink {
 
   [Symbol.dispose](): void {
     this.close();
+  }
+}
+
+/**
+ * Interrupt injection by VM fd: usable from any thread of the process (each thread builds its
+ * own, so the ioctl argument buffers are never shared).
+ */
+export class VmInterrupts implements MsiSink {
+  readonly #fd: number;
+  readonly #irqBuf = new Uint8Array(KVM_STRUCT.kvm_irq_level.size);
+  readonly #irqView = new DataView(this.#irqBuf.buffer);
+  readonly #msiBuf = new Uint8Array(KVM_STRUCT.kvm_msi.size);
+  readonly #msiView = new DataView(this.#msiBuf.buffer);
+
+  constructor(vmFd: number) {
+    this.#fd = vmFd;
+  }
+
+  /** Sets GSI `gsi` to `level` on the in-kernel irqchip. */
+  setIrqLine(gsi: number, level: boolean): void {
+    this.#irqView.setUint32(KVM_STRUCT.kvm_irq_level.irq, gsi, true);
+    this.#irqView.setUint32(KVM_STRUCT.kvm_irq_level.level, level ? 1 : 0, true);
+    libc.ioctl_buf(this.#fd, req(KVM_IOCTL.KVM_IRQ_LINE), this.#irqBuf);
+  }
+
+  /** An `IrqLine` for one GSI. */
+  irqLine(gsi: number): IrqLine {
+    return { set: (level) => this.setIrqLine(gsi, level) };
+  }
+
+  /** KVM_SIGNAL_MSI: an x86 MSI (address 0xFEE00000 | dest << 12, data = vector | mode). */
+  signalMsi(address: number, data: number): void {
+    const S = KVM_STRUCT.kvm_msi;
+    this.#msiView.setUint32(S.address_lo, address >>> 0, true);
+    this.#msiView.setUint32(S.address_hi, 0, true);
+    this.#msiView.setUint32(S.data, data >>> 0, true);
+    libc.ioctl_buf(this.#fd, req(KVM_IOCTL.KVM_SIGNAL_MSI), this.#msiBuf);
   }
 }

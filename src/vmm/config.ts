@@ -24,6 +24,8 @@ export interface VmConfig {
   hv: string;
   hvKvmLeaves: boolean;
   onCrash: OnCrash;
+  /** Log level for every thread: error | warning | info | debug. */
+  logLevel: string;
 }
 
 /** Largest vCPU count the machine supports (ACPI MADT, APIC ids). */

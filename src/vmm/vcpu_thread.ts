@@ -1,0 +1,199 @@
+/**
+ * Entry point of a vCPU Worker: sets the vCPU up, builds this thread's view of guest RAM and of
+ * the devices over their shared state, then runs KVM_RUN synchronously until told to stop or the
+ * guest dies. Nothing on the exit path crosses threads: PIO goes to this thread's device objects,
+ * whose state is shared through SharedArrayBuffers.
+ * @module
+ */
+import { libc } from "../../ffi/libc.ts";
+import type { CpuidEntry } from "../kvm/kvm.ts";
+import { GuestMemory } from "../kvm/guest_memory.ts";
+import { REG, Vcpu } from "../kvm/vcpu.ts";
+import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
+import { armKicks, EXIT_NAMES, runVcpu, type VcpuStop } from "../kvm/vcpu_loop.ts";
+import { VmInterrupts } from "../kvm/vm.ts";
+import type { BootCpuState } from "../machine/page_tables.ts";
+import { SharedPowerControl } from "../machine/power.ts";
+import { getLogger, rateLimited } from "../util/log.ts";
+import { configureLogging } from "./logging.ts";
+import { attachPcDevices, type PcDeviceState } from "./pc_devices.ts";
+
+/** Everything a vCPU thread gets at start (structured-cloneable). */
+export interface VcpuThreadInit {
+  index: number;
+  vcpuFd: number;
+  vmFd: number;
+  runSize: number;
+  syncRegs: boolean;
+  ram: { gpa: number; size: number; hostAddress: bigint }[];
+  cpuid: CpuidEntry[];
+  /** Register state for the boot vCPU; APs wait for INIT/SIPI from the in-kernel LAPIC. */
+  boot: BootCpuState | undefined;
+  control: SharedArrayBuffer;
+  devices: PcDeviceState;
+  power: SharedArrayBuffer;
+  powerEventfd: number;
+  /** Where COM1 output goes (-1: nowhere). */
+  serialFd: number;
+  logLevel: string;
+}
+
+/** What a vCPU thread reports when it ends. */
+export interface VcpuThreadResult {
+  index: number;
+  stop: VcpuStop;
+  /** Register dump for abnormal stops. */
+  dump?: string;
+}
+
+const log = getLogger("vcpu");
+
+/** Builds this thread's GuestMemory over the RAM mappings created by the main thread. */
+export function guestMemoryFrom(ram: VcpuThreadInit["ram"]): GuestMemory {
+  return new GuestMemory(ram.map((r) => ({
+    gpa: r.gpa,
+    bytes: new Uint8Array(
+      Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(r.hostAddress)!, r.size),
+    ),
+  })));
+}
+
+function hex(v: bigint | number): string {
+  return "0x" + v.toString(16).padStart(16, "0");
+}
+
+/** A register dump for the user: RIP, RSP, control registers, EFER, CS. */
+export function dumpState(vcpu: Vcpu): string {
+  try {
+    vcpu.loadRegs();
+    const s = vcpu.getSregs();
+    const r = vcpu.regs;
+    return [
+      `RIP=${hex(r[REG.rip]!)} RSP=${hex(r[REG.rsp]!)} RFLAGS=${hex(r[REG.rflags]!)}`,
+      `RAX=${hex(r[REG.rax]!)} RBX=${hex(r[REG.rbx]!)} RCX=${hex(r[REG.rcx]!)} RDX=${
+        hex(r[REG.rdx]!)
+      }`,
+      `CR0=${hex(s.cr0)} CR2=${hex(s.cr2)} CR3=${hex(s.cr3)} CR4=${hex(s.cr4)}`,
+      `EFER=${hex(s.efer)} CS=${s.cs.selector.toString(16)} (base ${
+        hex(s.cs.base)
+      } l=${s.cs.l} db=${s.cs.db})`,
+    ].join("\n");
+  } catch (e) {
+    return `(registers unavailable: ${(e as Error).message})`;
+  }
+}
+
+function writeAll(fd: number, bytes: Uint8Array): void {
+  // COM1 output is one byte per THR write; a short write to a pipe is retried, EAGAIN dropped.
+  let off = 0;
+  while (off < bytes.length) {
+    const n = Number(
+      libc.write(fd, bytes.subarray(off) as Uint8Array<ArrayBuffer>, BigInt(bytes.length - off)),
+    );
+    if (n <= 0) return;
+    off += n;
+  }
+}
+
+/** Sets the vCPU up and runs it; returns why it stopped. */
+export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
+  const control = new VcpuControl(init.control);
+  const vcpu = new Vcpu(init.vcpuFd, init.index, init.runSize, init.syncRegs);
+  try {
+    vcpu.setCpuid(init.cpuid);
+    vcpu.initFpu();
+    vcpu.setupLint();
+    if (init.boot) {
+      const b = init.boot;
+      const s = vcpu.getSregs();
+      vcpu.setSregs({ ...s, ...b.sregs });
+      vcpu.setAllRegs({ ...b.regs });
+    }
+    control.publishThread(armKicks(vcpu));
+
+    const interrupts = new VmInterrupts(init.vmFd);
+    const power = new SharedPowerControl(init.power, () => {
+      libc.write(init.powerEventfd, new Uint8Array(new BigUint64Array([1n]).buffer), 8n);
+    });
+    const serialFd = init.serialFd;
+    const devices = attachPcDevices(init.devices, {
+      irq: (gsi) => interrupts.irqLine(gsi),
+      power,
+      serialOutput: serialFd >= 0 ? (bytes) => writeAll(serialFd, bytes) : () => {},
+    });
+    const unhandled = rateLimited();
+    const pio = devices.pio;
+
+    const stop = runVcpu(vcpu, {
+      pio(port, write, data) {
+        try {
+          const hit = write ? pio.write(port, data) : pio.read(port, data);
+          if (!hit) {
+            if (!write) data.fill(0xff);
+            unhandled((n) =>
+              log.debug("unhandled PIO {dir} port {port} ({suppressed} suppressed)", {
+                dir: write ? "out" : "in",
+                port: "0x" + port.toString(16),
+                suppressed: n,
+              })
+            );
+          }
+        } catch (e) {
+          unhandled(() =>
+            log.error("device error on port {port}: {error}", { port, error: String(e) })
+          );
+          if (!write) data.fill(0xff);
+        }
+      },
+      mmio(address, write, data) {
+        if (!write) data.fill(0xff);
+        unhandled((n) =>
+          log.debug("unhandled MMIO {dir} {addr} ({suppressed} suppressed)", {
+            dir: write ? "write" : "read",
+            addr: "0x" + address.toString(16),
+            suppressed: n,
+          })
+        );
+      },
+      rdmsr: () => undefined,
+      wrmsr: () => false,
+      onKick() {
+        const req = control.takeRequests();
+        return (req & VCPU_REQUEST.STOP) === 0;
+      },
+    });
+    const result: VcpuThreadResult = { index: init.index, stop };
+    if (stop.kind !== "stopped") {
+      result.dump = dumpState(vcpu);
+      log.info("vCPU {index} stopped: {kind} {detail}", {
+        index: init.index,
+        kind: stop.kind,
+        detail: stop.kind === "unexpected-exit" ? EXIT_NAMES[stop.reason] ?? stop.reason : "",
+      });
+    }
+    return result;
+  } catch (e) {
+    return {
+      index: init.index,
+      stop: { kind: "error", message: (e as Error).message },
+      dump: dumpState(vcpu),
+    };
+  } finally {
+    control.markExited();
+  }
+}
+
+// Worker entry: one init message, then the thread belongs to KVM_RUN until the vCPU stops.
+if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== "undefined") {
+  const scope = globalThis as unknown as {
+    onmessage: ((e: MessageEvent<VcpuThreadInit>) => void) | null;
+    postMessage(m: unknown): void;
+    close(): void;
+  };
+  scope.onmessage = async (e) => {
+    scope.onmessage = null;
+    await configureLogging(e.data.logLevel);
+    scope.postMessage(runVcpuThread(e.data));
+    scope.close();
+  };
+}

@@ -1,0 +1,362 @@
+/**
+ * Builds and runs a VM, in the order a reader can follow (Firecracker's builder): memory → VM →
+ * vCPUs → devices → kernel → ACPI → start vCPUs; then waits for the guest to power off, reset
+ * (rebuild and boot again) or die.
+ * @module
+ */
+import { C, close, eventfd, eventfdDrain, libc, open } from "../../ffi/libc.ts";
+import { KVM } from "../../ffi/kvm_abi.ts";
+import { GuestMemory } from "../kvm/guest_memory.ts";
+import { type CpuidEntry, Kvm } from "../kvm/kvm.ts";
+import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
+import type { Vm } from "../kvm/vm.ts";
+import { loadLinux } from "../machine/linux_boot.ts";
+import { buildMemoryMap, type MemoryMap } from "../machine/memory_map.ts";
+import { bootCpuState, writeBootTables } from "../machine/page_tables.ts";
+import { SharedPowerControl } from "../machine/power.ts";
+import { UsageError } from "../util/errors.ts";
+import { getLogger } from "../util/log.ts";
+import type { VmConfig } from "./config.ts";
+import { EventLoop } from "./event_loop.ts";
+import { attachPcDevices, createPcDeviceState } from "./pc_devices.ts";
+import type { VcpuThreadInit, VcpuThreadResult } from "./vcpu_thread.ts";
+import { installAcpi } from "./acpi.ts";
+
+const log = getLogger("machine");
+
+/** How one boot of the guest ended. */
+export type BootOutcome =
+  | { kind: "poweroff" }
+  | { kind: "reset" }
+  | { kind: "signal"; signal: Deno.Signal }
+  | { kind: "failed"; message: string };
+
+/** TSS and identity-map pages KVM needs on Intel: just below the BIOS at 4 GiB - 256 KiB. */
+const TSS_ADDR = 0xfffb_d000;
+const IDENTITY_MAP_ADDR = 0xfffb_c000;
+
+function readInput(path: string, what: string): Uint8Array {
+  try {
+    return Deno.readFileSync(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UsageError(`${what} '${path}' does not exist`);
+    if (e instanceof Deno.errors.PermissionDenied) {
+      throw new UsageError(`${what} '${path}' is not readable (permission denied)`);
+    }
+    if (e instanceof Deno.errors.IsADirectory) {
+      throw new UsageError(`${what} '${path}' is a directory`);
+    }
+    throw new UsageError(`${what} '${path}' cannot be read: ${(e as Error).message}`);
+  }
+}
+
+function hostRamBytes(): number {
+  return Number(libc.sysconf(C._SC_PHYS_PAGES)) * Number(libc.sysconf(C._SC_PAGESIZE));
+}
+
+/** Per-vCPU CPUID: the supported set with this vCPU's APIC id and the package's CPU count. */
+export function vcpuCpuid(base: readonly CpuidEntry[], index: number, cpus: number): CpuidEntry[] {
+  return base.map((e) => {
+    const c = { ...e };
+    if (c.function === 1) {
+      c.ebx = (c.ebx & 0x0000ffff) | ((cpus & 0xff) << 16) | ((index & 0xff) << 24);
+      c.edx |= 1 << 28; // HTT: the logical count in EBX is valid
+    } else if (c.function === 0xb || c.function === 0x1f) {
+      c.edx = index;
+    }
+    return c;
+  });
+}
+
+/** Runs the VM described by `config` until it ends; returns the process exit status. */
+export async function runVm(config: VmConfig): Promise<number> {
+  const kernel = readInput(config.kernelPath, "kernel");
+  const initrd = config.initrdPath !== undefined
+    ? readInput(config.initrdPath, "initrd")
+    : undefined;
+  const map = buildMemoryMap(config.memoryBytes);
+  const hostRam = hostRamBytes();
+  if (config.memoryBytes > hostRam) {
+    throw new UsageError(
+      `--memory ${Math.floor(config.memoryBytes / 2 ** 20)}M is more than this host's RAM (${
+        Math.floor(hostRam / 2 ** 20)
+      }M)`,
+    );
+  }
+  using kvm = Kvm.open();
+  for (
+    const [cap, name] of [[KVM.KVM_CAP_IRQCHIP, "in-kernel irqchip"], [
+      KVM.KVM_CAP_PIT2,
+      "in-kernel PIT",
+    ]] as const
+  ) {
+    if (!kvm.checkExtension(cap)) throw new UsageError(`this host's KVM lacks the ${name}`);
+  }
+  const serialFd = openSerial(config);
+  const raw = enterRawMode(config);
+  try {
+    for (let boots = 1;; boots++) {
+      const outcome = await bootOnce(kvm, config, map, kernel, initrd, serialFd);
+      switch (outcome.kind) {
+        case "poweroff":
+          log.info("guest powered off");
+          return 0;
+        case "reset":
+          if (config.noReboot) {
+            log.info("guest reset; exiting (--no-reboot)");
+            return 0;
+          }
+          log.info("guest reset; booting again (boot {n})", { n: boots + 1 });
+          continue;
+        case "signal":
+          console.error(`hyperdeno: stopped by ${outcome.signal}`);
+          return outcome.signal === "SIGINT" ? 130 : 143;
+        case "failed":
+          console.error(`hyperdeno: the VM failed: ${outcome.message}`);
+          return 1;
+      }
+    }
+  } finally {
+    raw?.restore();
+    if (serialFd > 2) close(serialFd);
+  }
+}
+
+function openSerial(config: VmConfig): number {
+  switch (config.serial.kind) {
+    case "stdio":
+      return 1;
+    case "none":
+      return -1;
+    case "file":
+      try {
+        return open(config.serial.path, C.O_WRONLY | C.O_CREAT | 0o1000, /* O_TRUNC */ 0o644);
+      } catch (e) {
+        throw new UsageError(`--serial file=${config.serial.path}: ${(e as Error).message}`);
+      }
+  }
+}
+
+/** Puts the terminal in raw mode when COM1 is on a TTY; `restore` undoes it (idempotent). */
+function enterRawMode(config: VmConfig): { restore(): void } | undefined {
+  if (config.serial.kind !== "stdio" || !Deno.stdin.isTerminal()) return undefined;
+  Deno.stdin.setRaw(true);
+  let restored = false;
+  const restore = () => {
+    if (restored) return;
+    restored = true;
+    try {
+      Deno.stdin.setRaw(false);
+    } catch { /* terminal gone */ }
+  };
+  globalThis.addEventListener("unload", restore);
+  return { restore };
+}
+
+async function bootOnce(
+  kvm: Kvm,
+  config: VmConfig,
+  map: MemoryMap,
+  kernel: Uint8Array,
+  initrd: Uint8Array | undefined,
+  serialFd: number,
+): Promise<BootOutcome> {
+  // 1. Memory and VM.
+  const vm = kvm.createVm();
+  const loop = new EventLoop();
+  const powerFd = eventfd();
+  const workers: Worker[] = [];
+  const controls: VcpuControl[] = [];
+  const cleanups: (() => void)[] = [];
+  try {
+    vm.setTssAddress(TSS_ADDR);
+    vm.setIdentityMapAddress(IDENTITY_MAP_ADDR);
+    vm.createIrqchip();
+    vm.createPit();
+    for (const r of map.ram) vm.addRam(r.gpa, r.size);
+    const memory = new GuestMemory(vm.regions.map((r) => ({
+      gpa: r.gpa,
+      bytes: new Uint8Array(
+        Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(r.hostAddress)!, r.size),
+      ),
+    })));
+    log.info("memory: {mib} MiB in {n} region(s)", { mib: map.ramBytes >> 20, n: map.ram.length });
+
+    // 2. vCPUs (created here, run by their Workers).
+    const runSize = kvm.vcpuMmapSize();
+    const syncRegs = (kvm.checkExtension(KVM.KVM_CAP_SYNC_REGS) & KVM.KVM_SYNC_X86_REGS) !== 0;
+    const vcpuFds = Array.from({ length: config.cpus }, (_, i) => vm.createVcpuFd(i));
+    cleanups.push(() => vcpuFds.forEach(close));
+
+    // 3. Devices.
+    const deviceState = createPcDeviceState({
+      ramBytes: map.ramBytes,
+      lowRamEnd: map.lowRamEnd,
+      ramEnd: map.ramEnd,
+    });
+    const powerState = SharedPowerControl.createState();
+    const power = new SharedPowerControl(powerState, () => loop.stop());
+    const mainDevices = attachPcDevices(deviceState, {
+      irq: (gsi) => vm.interrupts.irqLine(gsi),
+      power,
+      serialOutput: () => {},
+    });
+
+    // 4. Kernel, boot tables, ACPI.
+    const rsdp = installAcpi(memory, { cpus: config.cpus, map });
+    const boot = loadLinux(memory, {
+      kernel,
+      kernelName: config.kernelPath,
+      initrd,
+      cmdline: config.cmdline,
+      memoryMap: map,
+      acpiRsdpAddress: rsdp,
+    });
+    writeBootTables(memory);
+    log.info("kernel loaded at {load}, entry {entry}", {
+      load: "0x" + boot.loadAddress.toString(16),
+      entry: "0x" + boot.entry.toString(16),
+    });
+
+    // 5. Start the vCPUs.
+    const cpuid = kvm.supportedCpuid();
+    const results: Promise<VcpuThreadResult>[] = [];
+    for (let i = 0; i < config.cpus; i++) {
+      const control = new VcpuControl(VcpuControl.createState());
+      control.attachRun(vcpuFds[i]!, runSize);
+      controls.push(control);
+      const worker = new Worker(new URL("./vcpu_thread.ts", import.meta.url).href, {
+        type: "module",
+      });
+      workers.push(worker);
+      results.push(
+        new Promise((resolve) => {
+          worker.onmessage = (e: MessageEvent<VcpuThreadResult>) => resolve(e.data);
+          worker.onerror = (e) => {
+            e.preventDefault();
+            resolve({ index: i, stop: { kind: "error", message: e.message } });
+          };
+        }),
+      );
+      const init: VcpuThreadInit = {
+        index: i,
+        vcpuFd: vcpuFds[i]!,
+        vmFd: vm.fd,
+        runSize,
+        syncRegs,
+        ram: vm.regions.map((r) => ({ gpa: r.gpa, size: r.size, hostAddress: r.hostAddress })),
+        cpuid: vcpuCpuid(cpuid, i, config.cpus),
+        boot: i === 0 ? bootCpuState(boot) : undefined,
+        control: control.sab,
+        devices: deviceState,
+        power: powerState,
+        powerEventfd: powerFd,
+        serialFd,
+        logLevel: config.logLevel,
+      };
+      worker.postMessage(init);
+    }
+    log.info("{n} vCPU(s) started", { n: config.cpus });
+
+    // 6. Wait for the guest: a power request, a vCPU that stopped on its own, or a signal.
+    let outcome: BootOutcome | undefined;
+    loop.add(powerFd, () => {
+      eventfdDrain(powerFd);
+      const req = power.pending();
+      if (req) {
+        outcome ??= { kind: req };
+        loop.stop();
+      }
+    });
+    const input = config.serial.kind === "stdio" ? forwardStdin(mainDevices.com1) : undefined;
+    cleanups.push(() => input?.stop());
+    const signals: [Deno.Signal, () => void][] = (["SIGINT", "SIGTERM"] as const).map((sig) => {
+      const h = () => {
+        outcome ??= { kind: "signal", signal: sig };
+        loop.stop();
+      };
+      Deno.addSignalListener(sig, h);
+      return [sig, h];
+    });
+    cleanups.push(() => signals.forEach(([s, h]) => Deno.removeSignalListener(s, h)));
+    const firstStop = Promise.race(results).then((r) => {
+      if (r.stop.kind !== "stopped") {
+        outcome ??= vcpuFailure(r);
+        loop.stop();
+      }
+    });
+    await loop.run();
+    void firstStop;
+    outcome ??= { kind: "failed", message: "event loop ended without a cause" };
+
+    // 7. Stop every vCPU and wait for its thread.
+    for (const c of controls) c.request(VCPU_REQUEST.STOP);
+    const settled = await Promise.race([
+      Promise.all(results),
+      new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000)),
+    ]);
+    if (!settled) log.warning("a vCPU thread did not stop within 5 s; terminating it");
+    return outcome;
+  } finally {
+    for (const w of workers) w.terminate();
+    for (const c of cleanups.reverse()) c();
+    loop.close();
+    close(powerFd);
+    vm.close();
+  }
+}
+
+function vcpuFailure(r: VcpuThreadResult): BootOutcome {
+  const s = r.stop;
+  let what: string;
+  switch (s.kind) {
+    case "shutdown":
+      what = "triple fault (KVM_EXIT_SHUTDOWN)";
+      break;
+    case "internal-error":
+      what = `KVM internal error, suberror ${s.suberror}`;
+      break;
+    case "fail-entry":
+      what = `VM entry failed, hardware reason 0x${s.reason.toString(16)}`;
+      break;
+    case "system-event":
+      what = `system event ${s.type}`;
+      break;
+    case "unexpected-exit":
+      what = `unexpected exit reason ${s.reason}`;
+      break;
+    case "error":
+      what = s.message;
+      break;
+    default:
+      what = s.kind;
+  }
+  return { kind: "failed", message: `vCPU ${r.index}: ${what}${r.dump ? "\n" + r.dump : ""}` };
+}
+
+/** Forwards stdin to COM1, holding back what the UART's receive ring cannot take yet. */
+function forwardStdin(com1: { pushInput(b: Uint8Array): number }): { stop(): void } {
+  let stopped = false;
+  const reader = Deno.stdin.readable.getReader();
+  (async () => {
+    try {
+      while (!stopped) {
+        const { value, done } = await reader.read();
+        if (done || !value) return;
+        let rest = value;
+        while (!stopped && rest.length > 0) {
+          rest = rest.subarray(com1.pushInput(rest));
+          if (rest.length > 0) await new Promise((r) => setTimeout(r, 5)); // guest is draining
+        }
+      }
+    } catch { /* stdin closed */ }
+  })();
+  return {
+    stop() {
+      stopped = true;
+      reader.cancel().catch(() => {});
+    },
+  };
+}
+
+export type { Vm };
