@@ -3,12 +3,18 @@
  * @module
  */
 import type { GuestMemory } from "../kvm/guest_memory.ts";
+import { buildAcpiTables } from "../machine/acpi/mod.ts";
 import type { MemoryMap } from "../machine/memory_map.ts";
 
-/** Writes the ACPI tables; returns the RSDP's guest address (undefined: no ACPI). */
+/** Writes the ACPI tables into `memory`; returns the RSDP's guest address. */
 export function installAcpi(
-  _memory: GuestMemory,
-  _options: { cpus: number; map: MemoryMap },
-): number | undefined {
-  return undefined;
+  memory: GuestMemory,
+  options: { cpus: number; map: MemoryMap; vmbus: boolean },
+): number {
+  const tables = buildAcpiTables({
+    cpus: options.cpus,
+    vmbusMmio: options.vmbus ? options.map.vmbusMmio : undefined,
+  });
+  memory.write(tables.gpa, tables.bytes);
+  return tables.rsdpAddress;
 }

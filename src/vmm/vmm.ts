@@ -190,9 +190,8 @@ async function bootOnce(
 
     // 3. Devices.
     const deviceState = createPcDeviceState({
-      ramBytes: map.ramBytes,
-      lowRamEnd: map.lowRamEnd,
-      ramEnd: map.ramEnd,
+      ramBelow4G: map.lowRamEnd,
+      ramAbove4G: map.ramBytes - map.lowRamEnd,
     });
     const powerState = SharedPowerControl.createState();
     const power = new SharedPowerControl(powerState, () => loop.stop());
@@ -203,7 +202,7 @@ async function bootOnce(
     });
 
     // 4. Kernel, boot tables, ACPI.
-    const rsdp = installAcpi(memory, { cpus: config.cpus, map });
+    const rsdp = installAcpi(memory, { cpus: config.cpus, map, vmbus: false });
     const boot = loadLinux(memory, {
       kernel,
       kernelName: config.kernelPath,
