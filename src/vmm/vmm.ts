@@ -61,6 +61,7 @@ export function vcpuCpuid(base: readonly CpuidEntry[], index: number, cpus: numb
     if (c.function === 1) {
       c.ebx = (c.ebx & 0x0000ffff) | ((cpus & 0xff) << 16) | ((index & 0xff) << 24);
       c.edx |= 1 << 28; // HTT: the logical count in EBX is valid
+      c.ecx |= 1 << 31; // hypervisor present: guests look for the hypervisor CPUID leaves
     } else if (c.function === 0xb || c.function === 0x1f) {
       c.edx = index;
     }
