@@ -95,9 +95,14 @@ export async function runVm(config: VmConfig): Promise<number> {
   }
   const serialFd = openSerial(config);
   const raw = enterRawMode(config);
+  // The CMOS (clock offset and NVRAM) is battery-backed: it survives guest resets.
+  const cmos = createPcDeviceState({
+    ramBelow4G: map.lowRamEnd,
+    ramAbove4G: map.ramBytes - map.lowRamEnd,
+  }).rtc;
   try {
     for (let boots = 1;; boots++) {
-      const outcome = await bootOnce(kvm, config, map, kernel, initrd, serialFd);
+      const outcome = await bootOnce(kvm, config, { map, kernel, initrd, serialFd, cmos });
       switch (outcome.kind) {
         case "poweroff":
           log.info("guest powered off");
@@ -154,14 +159,18 @@ function enterRawMode(config: VmConfig): { restore(): void } | undefined {
   return { restore };
 }
 
-async function bootOnce(
-  kvm: Kvm,
-  config: VmConfig,
-  map: MemoryMap,
-  kernel: Uint8Array,
-  initrd: Uint8Array | undefined,
-  serialFd: number,
-): Promise<BootOutcome> {
+/** What stays the same across guest resets. */
+interface BootInputs {
+  map: MemoryMap;
+  kernel: Uint8Array;
+  initrd: Uint8Array | undefined;
+  serialFd: number;
+  /** Shared CMOS state, kept across resets. */
+  cmos: SharedArrayBuffer;
+}
+
+async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise<BootOutcome> {
+  const { map, kernel, initrd, serialFd } = inputs;
   // 1. Memory and VM.
   const vm = kvm.createVm();
   const loop = new EventLoop();
@@ -190,10 +199,13 @@ async function bootOnce(
     cleanups.push(() => vcpuFds.forEach(close));
 
     // 3. Devices.
-    const deviceState = createPcDeviceState({
-      ramBelow4G: map.lowRamEnd,
-      ramAbove4G: map.ramBytes - map.lowRamEnd,
-    });
+    const deviceState = {
+      ...createPcDeviceState({
+        ramBelow4G: map.lowRamEnd,
+        ramAbove4G: map.ramBytes - map.lowRamEnd,
+      }),
+      rtc: inputs.cmos,
+    };
     const powerState = SharedPowerControl.createState();
     const power = new SharedPowerControl(powerState, () => loop.stop());
     const mainDevices = attachPcDevices(deviceState, {
