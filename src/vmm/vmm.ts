@@ -10,6 +10,7 @@ import { GuestMemory } from "../kvm/guest_memory.ts";
 import { type CpuidEntry, Kvm } from "../kvm/kvm.ts";
 import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
 import type { Vm } from "../kvm/vm.ts";
+import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
 import { loadLinux } from "../machine/linux_boot.ts";
 import { buildMemoryMap, type MemoryMap } from "../machine/memory_map.ts";
 import { bootCpuState, writeBootTables } from "../machine/page_tables.ts";
@@ -30,10 +31,6 @@ export type BootOutcome =
   | { kind: "reset" }
   | { kind: "signal"; signal: Deno.Signal }
   | { kind: "failed"; message: string };
-
-/** TSS and identity-map pages KVM needs on Intel: just below the BIOS at 4 GiB - 256 KiB. */
-const TSS_ADDR = 0xfffb_d000;
-const IDENTITY_MAP_ADDR = 0xfffb_c000;
 
 function readInput(path: string, what: string): Uint8Array {
   try {
@@ -179,8 +176,8 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
   const controls: VcpuControl[] = [];
   const cleanups: (() => void)[] = [];
   try {
-    vm.setTssAddress(TSS_ADDR);
-    vm.setIdentityMapAddress(IDENTITY_MAP_ADDR);
+    vm.setTssAddress(KVM_TSS_START);
+    vm.setIdentityMapAddress(KVM_IDENTITY_MAP_START);
     vm.createIrqchip();
     vm.createPit();
     for (const r of map.ram) vm.addRam(r.gpa, r.size);
