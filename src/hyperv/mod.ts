@@ -1,0 +1,28 @@
+/**
+ * Hyper-V enlightenments (TLFS) implemented in user space on plain KVM: CPUID leaves, synthetic
+ * MSRs, the hypercall page and hypercalls, the SynIC (messages and event flags), synthetic
+ * timers, the reference TSC page, crash reporting. Pure logic over `GuestMemory`, shared state
+ * in SharedArrayBuffers and small interfaces the VMM implements (`GuestClock`,
+ * `HypercallRegs`, `HvHostBridge`, `TlbFlusher`, `TimerScheduler`, `Notifier`, `CrashSink`,
+ * `MsiSink`), so every piece is unit-tested without KVM.
+ *
+ * Files: `tlfs.ts` numbers and wire layouts; `features.ts` the `--hv` switch; `cpuid.ts` leaves
+ * and CPUID patching; `partition.ts`, `vp.ts`, `synic.ts`, `stimer.ts` register state;
+ * `msrs.ts` MSR dispatch and filter ranges; `hypercall.ts` hypercalls; `crash.ts` crash
+ * reports; `time.ts` reference time; `hyperv.ts` the assembled partition.
+ * @module
+ */
+export * from "./cpuid.ts";
+export * from "./crash.ts";
+export * from "./features.ts";
+export * from "./hypercall.ts";
+export * from "./hyperv.ts";
+export * from "./msrs.ts";
+export * from "./partition.ts";
+export * from "./stimer.ts";
+export * from "./synic.ts";
+export * from "./time.ts";
+export * from "./vp.ts";
+export { msiAddress } from "./shared.ts";
+export { HV_HYPERCALL_PORT, HYPERCALL_PAGE_CODE } from "./tlfs.ts";
+export * as tlfs from "./tlfs.ts";
