@@ -70,6 +70,11 @@ int main(void) {
   CONST(KVM_PIT_SPEAKER_DUMMY) CONST(KVM_MP_STATE_RUNNABLE) CONST(KVM_MP_STATE_UNINITIALIZED)
   CONST(KVM_MP_STATE_INIT_RECEIVED) CONST(KVM_MP_STATE_HALTED)
   CONST(KVM_NR_INTERRUPTS) CONST(KVM_CPUID_FLAG_SIGNIFCANT_INDEX)
+  CONST(KVM_CLOCK_TSC_STABLE) CONST(KVM_CLOCK_REALTIME) CONST(KVM_CLOCK_HOST_TSC)
+  CONST(KVM_VCPU_TSC_CTRL) CONST(KVM_VCPU_TSC_OFFSET)
+  CONST(KVM_VCPUEVENT_VALID_NMI_PENDING) CONST(KVM_VCPUEVENT_VALID_SIPI_VECTOR)
+  CONST(KVM_VCPUEVENT_VALID_SHADOW) CONST(KVM_VCPUEVENT_VALID_SMM)
+  CONST(KVM_VCPUEVENT_VALID_PAYLOAD)
   CONST(KVM_X86_DISABLE_EXITS_HLT) CONST(KVM_X86_DISABLE_EXITS_PAUSE)
   printf("} as const;\n\n");
 
@@ -200,9 +205,17 @@ int main(void) {
   STRUCT_BEGIN("kvm_mp_state", struct kvm_mp_state)
     FIELD(struct kvm_mp_state, mp_state)
   STRUCT_END()
-  STRUCT_BEGIN("kvm_vcpu_events", struct kvm_vcpu_events) STRUCT_END()
+  STRUCT_BEGIN("kvm_vcpu_events", struct kvm_vcpu_events)
+    FIELD_AS("exception_injected", struct kvm_vcpu_events, exception.injected)
+    FIELD_AS("exception_nr", struct kvm_vcpu_events, exception.nr)
+    FIELD_AS("exception_has_error_code", struct kvm_vcpu_events, exception.has_error_code)
+    FIELD_AS("exception_pending", struct kvm_vcpu_events, exception.pending)
+    FIELD_AS("exception_error_code", struct kvm_vcpu_events, exception.error_code)
+    FIELD(struct kvm_vcpu_events, flags)
+  STRUCT_END()
   STRUCT_BEGIN("kvm_clock_data", struct kvm_clock_data)
     FIELD(struct kvm_clock_data, clock) FIELD(struct kvm_clock_data, flags)
+    FIELD(struct kvm_clock_data, realtime) FIELD(struct kvm_clock_data, host_tsc)
   STRUCT_END()
   printf("} as const;\n");
   return 0;

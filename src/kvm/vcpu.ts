@@ -219,6 +219,54 @@ export class Vcpu {
       (this.run[KVM_STRUCT.kvm_run.exit_reason + 1]! << 8);
   }
 
+  /**
+   * The few special registers the exit path needs (EFER, CR0, CS.L, CPL), from kvm_run's sync
+   * area when available (valid after any exit), else by KVM_GET_SREGS.
+   */
+  modeRegs(): { efer: bigint; cr0: bigint; csL: number; cpl: number } {
+    if (this.#syncRegs) {
+      const base = KVM_STRUCT.kvm_run.sync_regs + KVM_STRUCT.kvm_sync_regs.sregs;
+      const S = KVM_STRUCT.kvm_sregs;
+      const G = KVM_STRUCT.kvm_segment;
+      return {
+        efer: this.runView.getBigUint64(base + S.efer, true),
+        cr0: this.runView.getBigUint64(base + S.cr0, true),
+        csL: this.run[base + S.cs + G.l]!,
+        cpl: this.run[base + S.ss + G.dpl]!,
+      };
+    }
+    const s = this.getSregs();
+    return { efer: s.efer, cr0: s.cr0, csL: s.cs.l, cpl: s.ss.dpl };
+  }
+
+  /** Copies XMM register `index` (16 bytes) into `into`, via KVM_GET_FPU. */
+  readXmm(index: number, into: Uint8Array): void {
+    const F = KVM_STRUCT.kvm_fpu;
+    const buf = new Uint8Array(F.size);
+    this.#ioctl("KVM_GET_FPU", KVM_IOCTL.KVM_GET_FPU, buf);
+    into.set(buf.subarray(F.xmm + index * 16, F.xmm + index * 16 + 16));
+  }
+
+  /** Guest TSC frequency in kHz (KVM_GET_TSC_KHZ). */
+  tscKhz(): number {
+    return check(
+      "ioctl(KVM_GET_TSC_KHZ)",
+      libc.ioctl_int(this.fd, BigInt(KVM_IOCTL.KVM_GET_TSC_KHZ), 0n),
+    );
+  }
+
+  /**
+   * Flushes this vCPU's whole TLB, global entries included, while it is outside KVM_RUN: the
+   * architectural way (toggling CR4.PGE) through KVM_SET_SREGS. A CR4 change makes KVM reset the
+   * MMU context, and loading the new root flushes the vCPU's ASID/VPID on the next entry.
+   */
+  flushTlb(): void {
+    const s = this.getSregs();
+    const CR4_PGE = 1n << 7n;
+    this.setSregs({ ...s, cr4: s.cr4 ^ CR4_PGE });
+    this.setSregs(s);
+  }
+
   /** Makes `regs` current (an ioctl only when sync regs are unavailable). */
   loadRegs(): void {
     if (!this.#syncRegs) this.#ioctl("KVM_GET_REGS", KVM_IOCTL.KVM_GET_REGS, this.#regsBuf!);

@@ -15,9 +15,10 @@ export const VCPU_REQUEST = {
   FLUSH_TLB: 2,
 } as const;
 
-// Int32 slots: 0 requests, 1 state; BigInt64 slot 1 (bytes 8..15): pthread id.
+// Int32 slots: 0 requests, 1 state, 2 TLB flushes completed; bytes 16..23: pthread id.
 const REQUESTS = 0;
 const STATE = 1;
+const FLUSHES = 2;
 const STATE_STARTED = 1;
 const STATE_EXITED = 2;
 
@@ -30,13 +31,13 @@ export class VcpuControl {
 
   /** A fresh control block. */
   static createState(): SharedArrayBuffer {
-    return new SharedArrayBuffer(16);
+    return new SharedArrayBuffer(24);
   }
 
   constructor(sab: SharedArrayBuffer) {
     this.sab = sab;
-    this.#i32 = new Int32Array(sab, 0, 2);
-    this.#i64 = new BigInt64Array(sab, 8, 1);
+    this.#i32 = new Int32Array(sab, 0, 4);
+    this.#i64 = new BigInt64Array(sab, 16, 1);
   }
 
   /** vCPU thread: records its pthread id and marks the vCPU started. */
@@ -55,6 +56,24 @@ export class VcpuControl {
   /** True once the vCPU thread left its loop. */
   get exited(): boolean {
     return Atomics.load(this.#i32, STATE) === STATE_EXITED;
+  }
+
+  /** Number of TLB flushes this vCPU has completed (compare before and after a request). */
+  get flushes(): number {
+    return Atomics.load(this.#i32, FLUSHES);
+  }
+
+  /** vCPU thread: records a completed TLB flush and wakes whoever waits for it. */
+  ackFlush(): void {
+    Atomics.add(this.#i32, FLUSHES, 1);
+    Atomics.notify(this.#i32, FLUSHES);
+  }
+
+  /** Waits up to `ms` for the flush count to move past `seen` (false on timeout). */
+  waitFlush(seen: number, ms: number): boolean {
+    if (Atomics.load(this.#i32, FLUSHES) !== seen) return true;
+    Atomics.wait(this.#i32, FLUSHES, seen, ms);
+    return Atomics.load(this.#i32, FLUSHES) !== seen;
   }
 
   /** vCPU thread: takes and clears pending requests. */

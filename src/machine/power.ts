@@ -13,9 +13,9 @@ export interface PowerControl {
 }
 
 /** A power request the main thread acts on. */
-export type PowerRequest = "poweroff" | "reset";
+export type PowerRequest = "poweroff" | "reset" | "crash";
 
-const REQUEST_CODES: Record<PowerRequest, number> = { poweroff: 1, reset: 2 };
+const REQUEST_CODES: Record<PowerRequest, number> = { poweroff: 1, reset: 2, crash: 3 };
 
 /**
  * `PowerControl` over shared memory: any thread records the request (the first one wins: a
@@ -49,9 +49,14 @@ export class SharedPowerControl implements PowerControl {
     this.#post("reset");
   }
 
+  /** The guest reported a crash (Hyper-V crash MSRs); the main thread applies `--on-crash`. */
+  crash(): void {
+    this.#post("crash");
+  }
+
   /** The pending request, if any (left in place: the VM is torn down after it). */
   pending(): PowerRequest | undefined {
     const v = Atomics.load(this.#word, 0);
-    return v === 1 ? "poweroff" : v === 2 ? "reset" : undefined;
+    return v === 1 ? "poweroff" : v === 2 ? "reset" : v === 3 ? "crash" : undefined;
   }
 }

@@ -17,6 +17,9 @@ import { SharedPowerControl } from "../machine/power.ts";
 import { getLogger, rateLimited } from "../util/log.ts";
 import { configureLogging } from "./logging.ts";
 import { attachPcDevices, type PcDeviceState } from "./pc_devices.ts";
+import { HV_HYPERCALL_PORT, type HyperV } from "../hyperv/mod.ts";
+import { attachEnlightenments, type HvThreadInit } from "./enlightenments.ts";
+import { VcpuHypercallRegs, VcpuTlbFlusher } from "./hyperv_host.ts";
 
 /** Everything a vCPU thread gets at start (structured-cloneable). */
 export interface VcpuThreadInit {
@@ -29,7 +32,11 @@ export interface VcpuThreadInit {
   cpuid: CpuidEntry[];
   /** Register state for the boot vCPU; APs wait for INIT/SIPI from the in-kernel LAPIC. */
   boot: BootCpuState | undefined;
-  control: SharedArrayBuffer;
+  /** Control blocks of every vCPU (this one is `controls[index]`), for kicks and TLB flushes. */
+  controls: SharedArrayBuffer[];
+  vcpuFds: number[];
+  /** Hyper-V enlightenments; undefined with `--hv none`. */
+  hv: HvThreadInit | undefined;
   devices: PcDeviceState;
   power: SharedArrayBuffer;
   powerEventfd: number;
@@ -97,7 +104,7 @@ function writeAll(fd: number, bytes: Uint8Array): void {
 
 /** Sets the vCPU up and runs it; returns why it stopped. */
 export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
-  const control = new VcpuControl(init.control);
+  const control = new VcpuControl(init.controls[init.index]!);
   const vcpu = new Vcpu(init.vcpuFd, init.index, init.runSize, init.syncRegs);
   try {
     vcpu.setCpuid(init.cpuid);
@@ -123,9 +130,50 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
     });
     const unhandled = rateLimited();
     const pio = devices.pio;
+    const flushSelf = () => vcpu.flushTlb();
+    let hv: HyperV | undefined;
+    const regs = new VcpuHypercallRegs(vcpu);
+    if (init.hv) {
+      const controls = init.controls.map((sab, i) => {
+        const c = new VcpuControl(sab);
+        if (i !== init.index) c.attachRun(init.vcpuFds[i]!, init.runSize);
+        return c;
+      });
+      hv = attachEnlightenments(init.hv, {
+        memory: guestMemoryFrom(init.ram),
+        interrupts,
+        power,
+        flusher: new VcpuTlbFlusher(init.index, controls, flushSelf),
+        onCrash: (report) => {
+          Deno.stderr.writeSync(
+            new TextEncoder().encode(`hyperdeno: guest crash: ${report.summary}\n`),
+          );
+          if (report.message) {
+            Deno.stderr.writeSync(new TextEncoder().encode(report.message.trimEnd() + "\n"));
+          }
+          power.crash();
+        },
+      });
+    }
+    const index = init.index;
+    const badHypercall = rateLimited();
 
     const stop = runVcpu(vcpu, {
       pio(port, write, data) {
+        if (hv && port === HV_HYPERCALL_PORT && write) {
+          regs.begin();
+          const r = hv.hypercall(index, regs);
+          if (r === "done") {
+            vcpu.storeRegs();
+            return;
+          }
+          if (r === "ud") {
+            badHypercall(() =>
+              log.warning("hypercall from CPL>0 or real mode ignored (no #UD injected)")
+            );
+            return;
+          }
+        }
         try {
           const hit = write ? pio.write(port, data) : pio.read(port, data);
           if (!hit) {
@@ -155,10 +203,14 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
           })
         );
       },
-      rdmsr: () => undefined,
-      wrmsr: () => false,
+      rdmsr: (msr) => hv?.rdmsr(index, msr),
+      wrmsr: (msr, value) => hv?.wrmsr(index, msr, value) ?? false,
       onKick() {
         const req = control.takeRequests();
+        if (req & VCPU_REQUEST.FLUSH_TLB) {
+          flushSelf();
+          control.ackFlush();
+        }
         return (req & VCPU_REQUEST.STOP) === 0;
       },
     });

@@ -8,7 +8,10 @@ import { C, close, eventfd, eventfdDrain, libc, open } from "../../ffi/libc.ts";
 import { KVM } from "../../ffi/kvm_abi.ts";
 import { GuestMemory } from "../kvm/guest_memory.ts";
 import { type CpuidEntry, Kvm } from "../kvm/kvm.ts";
+import { Vcpu } from "../kvm/vcpu.ts";
 import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
+import { type HvFeatures, parseHvFeatures } from "../hyperv/mod.ts";
+import { setupEnlightenments } from "./enlightenments.ts";
 import type { Vm } from "../kvm/vm.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
 import { loadLinux } from "../machine/linux_boot.ts";
@@ -29,6 +32,7 @@ const log = getLogger("machine");
 export type BootOutcome =
   | { kind: "poweroff" }
   | { kind: "reset" }
+  | { kind: "crash" }
   | { kind: "signal"; signal: Deno.Signal }
   | { kind: "failed"; message: string };
 
@@ -73,6 +77,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     ? readInput(config.initrdPath, "initrd")
     : undefined;
   const map = buildMemoryMap(config.memoryBytes);
+  const features = parseHvFeatures(config.hv);
   const hostRam = hostRamBytes();
   if (config.memoryBytes > hostRam) {
     throw new UsageError(
@@ -99,7 +104,14 @@ export async function runVm(config: VmConfig): Promise<number> {
   }).rtc;
   try {
     for (let boots = 1;; boots++) {
-      const outcome = await bootOnce(kvm, config, { map, kernel, initrd, serialFd, cmos });
+      const outcome = await bootOnce(kvm, config, {
+        map,
+        kernel,
+        initrd,
+        serialFd,
+        cmos,
+        features,
+      });
       switch (outcome.kind) {
         case "poweroff":
           log.info("guest powered off");
@@ -116,6 +128,19 @@ export async function runVm(config: VmConfig): Promise<number> {
           return outcome.signal === "SIGINT" ? 130 : 143;
         case "failed":
           console.error(`hyperdeno: the VM failed: ${outcome.message}`);
+          return 1;
+        case "crash":
+          // The report itself was printed by the vCPU that received it.
+          if (config.onCrash === "reset") {
+            log.info("guest crashed; resetting (--on-crash reset)");
+            continue;
+          }
+          if (config.onCrash === "pause") {
+            console.error(
+              "hyperdeno: guest crashed; VM paused (--on-crash pause). Stop with Ctrl-C.",
+            );
+            await waitForSignal();
+          }
           return 1;
       }
     }
@@ -164,6 +189,7 @@ interface BootInputs {
   serialFd: number;
   /** Shared CMOS state, kept across resets. */
   cmos: SharedArrayBuffer;
+  features: HvFeatures;
 }
 
 async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise<BootOutcome> {
@@ -227,13 +253,28 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       entry: "0x" + boot.entry.toString(16),
     });
 
-    // 5. Start the vCPUs.
-    const cpuid = kvm.supportedCpuid();
-    const results: Promise<VcpuThreadResult>[] = [];
+    // 5. Hyper-V enlightenments (CPUID, MSR routing, shared state, timer and SynIC drivers).
+    const enlightenments = setupEnlightenments({
+      vm,
+      memory,
+      baseCpuid: kvm.supportedCpuid(),
+      vcpu0: new Vcpu(vcpuFds[0]!, 0, runSize, false),
+      cpus: config.cpus,
+      features: inputs.features,
+      kvmLeaves: config.hvKvmLeaves,
+      power,
+      loop,
+    });
+    cleanups.push(() => enlightenments.close());
+
+    // 6. Start the vCPUs.
     for (let i = 0; i < config.cpus; i++) {
       const control = new VcpuControl(VcpuControl.createState());
       control.attachRun(vcpuFds[i]!, runSize);
       controls.push(control);
+    }
+    const results: Promise<VcpuThreadResult>[] = [];
+    for (let i = 0; i < config.cpus; i++) {
       const worker = new Worker(new URL("./vcpu_thread.ts", import.meta.url).href, {
         type: "module",
       });
@@ -254,9 +295,11 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
         runSize,
         syncRegs,
         ram: vm.regions.map((r) => ({ gpa: r.gpa, size: r.size, hostAddress: r.hostAddress })),
-        cpuid: vcpuCpuid(cpuid, i, config.cpus),
+        cpuid: vcpuCpuid(enlightenments.cpuid, i, config.cpus),
         boot: i === 0 ? bootCpuState(boot) : undefined,
-        control: control.sab,
+        controls: controls.map((c) => c.sab),
+        vcpuFds,
+        hv: enlightenments.init,
         devices: deviceState,
         power: powerState,
         powerEventfd: powerFd,
@@ -267,7 +310,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     }
     log.info("{n} vCPU(s) started", { n: config.cpus });
 
-    // 6. Wait for the guest: a power request, a vCPU that stopped on its own, or a signal.
+    // 7. Wait for the guest: a power request, a vCPU that stopped on its own, or a signal.
     let outcome: BootOutcome | undefined;
     loop.add(powerFd, () => {
       eventfdDrain(powerFd);
@@ -298,7 +341,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     void firstStop;
     outcome ??= { kind: "failed", message: "event loop ended without a cause" };
 
-    // 7. Stop every vCPU and wait for its thread.
+    // 8. Stop every vCPU and wait for its thread.
     for (const c of controls) c.request(VCPU_REQUEST.STOP);
     const settled = await Promise.race([
       Promise.all(results),
@@ -341,6 +384,19 @@ function vcpuFailure(r: VcpuThreadResult): BootOutcome {
       what = s.kind;
   }
   return { kind: "failed", message: `vCPU ${r.index}: ${what}${r.dump ? "\n" + r.dump : ""}` };
+}
+
+/** Resolves on the first SIGINT or SIGTERM. */
+function waitForSignal(): Promise<void> {
+  return new Promise((resolve) => {
+    const h = () => {
+      Deno.removeSignalListener("SIGINT", h);
+      Deno.removeSignalListener("SIGTERM", h);
+      resolve();
+    };
+    Deno.addSignalListener("SIGINT", h);
+    Deno.addSignalListener("SIGTERM", h);
+  });
 }
 
 /** Forwards stdin to COM1, holding back what the UART's receive ring cannot take yet. */
