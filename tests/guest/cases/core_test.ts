@@ -1,0 +1,84 @@
+/**
+ * Core VMM guest tests (issue: core VMM): the stock Debian kernel boots to init with 2 vCPUs and
+ * 512 MiB, sees both, powers off with exit 0, reboots (twice) and honours --no-reboot.
+ */
+import assert from "node:assert/strict";
+import {
+  assertGuestOk,
+  assertMark,
+  bootGuest,
+  describeRun,
+  guestEnvironment,
+  guestTest,
+} from "../harness.ts";
+
+guestTest("2 vCPUs and 512 MiB: the guest sees both CPUs and about 512 MiB, then powers off", {
+  cpus: 2,
+  memory: "512M",
+  vmmArgs: ["--hv", "none"],
+  script: `
+    hd_mark cpus "$(grep -c ^processor /proc/cpuinfo)"
+    hd_mark online "$(cat /sys/devices/system/cpu/online)"
+    hd_mark memtotal_kib "$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
+    hd_mark e820_ram "$(dmesg | grep -c 'BIOS-e820: .* usable')"
+    hd_mark rtc_year "$(date +%Y)"
+  `,
+}, (run) => {
+  assertMark(run, "cpus", "2");
+  assertMark(run, "online", "0-1");
+  const kib = Number(run.marks.get("memtotal_kib"));
+  // The kernel reserves its own image and tables: ~420-500 MiB of 512 MiB is usable.
+  assert.ok(kib > 400 * 1024 && kib <= 512 * 1024, `MemTotal ${kib} KiB\n${describeRun(run, 20)}`);
+  assertMark(run, "rtc_year", String(new Date().getUTCFullYear()));
+});
+
+/** Shell that counts boots in CMOS NVRAM byte 0x40 (battery-backed: it survives a reset). */
+const COUNT_BOOTS = `
+  cmos_read() { printf "\\\\$(printf %o $1)" | dd of=/dev/port bs=1 seek=112 count=1 2>/dev/null
+    dd if=/dev/port bs=1 skip=113 count=1 2>/dev/null | od -An -tu1 | tr -d ' '; }
+  cmos_write() { printf "\\\\$(printf %o $1)" | dd of=/dev/port bs=1 seek=112 count=1 2>/dev/null
+    printf "\\\\$(printf %o $2)" | dd of=/dev/port bs=1 seek=113 count=1 2>/dev/null; }
+  n=$(cmos_read 64)
+  n=$((n + 1))
+  cmos_write 64 $n
+  hd_mark boot "$n"
+`;
+
+function countBoots(serial: string): number {
+  return serial.split("\n").filter((l) => /^@@hyperdeno:booted /.test(l.trim())).length;
+}
+
+Deno.test({
+  name: "reboot -f restarts the guest, twice in a row, then it powers off",
+  ignore: !guestEnvironment().ok,
+  async fn() {
+    const run = await bootGuest({
+      cpus: 1,
+      noReboot: false,
+      vmmArgs: ["--hv", "none"],
+      script: `${COUNT_BOOTS}
+        if [ "$n" -lt 3 ]; then echo "rebooting from boot $n"; reboot -f; sleep 30; fi`,
+    });
+    const ctx = describeRun(run, 40);
+    assert.equal(run.code, 0, ctx);
+    assert.equal(countBoots(run.serial), 3, ctx);
+    assert.match(run.serial, /rebooting from boot 1/, ctx);
+    assert.match(run.serial, /rebooting from boot 2/, ctx);
+    assert.equal(run.marks.get("boot"), "3", ctx);
+  },
+});
+
+Deno.test({
+  name: "--no-reboot: a guest reset makes the VMM exit 0",
+  ignore: !guestEnvironment().ok,
+  async fn() {
+    const run = await bootGuest({
+      vmmArgs: ["--hv", "none", "--no-reboot"],
+      script: `echo "resetting"; reboot -f; sleep 30`,
+    });
+    const ctx = describeRun(run, 30);
+    assert.equal(run.code, 0, ctx);
+    assert.equal(countBoots(run.serial), 1, ctx);
+    assert.match(run.serial, /resetting/, ctx);
+  },
+});
