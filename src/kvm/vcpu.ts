@@ -188,9 +188,11 @@ export class Vcpu {
     if (syncRegs) {
       const off = KVM_STRUCT.kvm_run.sync_regs + KVM_STRUCT.kvm_sync_regs.regs;
       this.regs = new BigUint64Array(this.run.buffer, off, KVM_REGS_COUNT);
+      // KVM copies REGS and SREGS into kvm_run on every exit: the hypercall path reads the
+      // calling convention (EFER.LMA, CS.L, CPL) from there without an ioctl.
       this.runView.setBigUint64(
         KVM_STRUCT.kvm_run.kvm_valid_regs,
-        BigInt(KVM.KVM_SYNC_X86_REGS),
+        BigInt(KVM.KVM_SYNC_X86_REGS | KVM.KVM_SYNC_X86_SREGS),
         true,
       );
       this.#regsBuf = undefined;

@@ -169,7 +169,10 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
           }
           if (r === "ud") {
             badHypercall(() =>
-              log.warning("hypercall from CPL>0 or real mode ignored (no #UD injected)")
+              log.warning("hypercall refused with #UD (not injected): mode {mode} rcx {rcx}", {
+                mode: JSON.stringify(vcpu.modeRegs(), (_k, v) => typeof v === "bigint" ? v.toString(16) : v),
+                rcx: regs.getGpr("rcx").toString(16),
+              })
             );
             return;
           }

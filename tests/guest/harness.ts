@@ -61,6 +61,9 @@ export interface GuestSpec extends Omit<InitramfsOptions, "markerPrefix"> {
   readonly kernel?: string;
   /** Kill the VMM after this long; default 180 s (a quiet nested Debian boot takes ~30-45 s). */
   readonly timeoutMs?: number;
+  /** Type `text` into the VMM's stdin (the guest's serial console) once the console shows
+   * `after`. */
+  readonly input?: { readonly after: string; readonly text: string };
 }
 
 /** What one boot produced: the serial report plus how the VMM ended. */
@@ -72,6 +75,8 @@ export interface GuestRun extends SerialReport {
   readonly code: number | null;
   readonly signal: Deno.Signal | null;
   readonly timedOut: boolean;
+  /** Seconds from the init's end marker (just before `poweroff -f`) to the VMM's exit. */
+  readonly endToExitSeconds: number | undefined;
   /** Guest serial output (the VMM's stdout). */
   readonly serial: string;
   /** The VMM's stderr (its own logs). */
@@ -209,10 +214,12 @@ export async function bootGuest(spec: GuestSpec): Promise<GuestRun> {
   const child = new Deno.Command(argv[0]!, {
     args: argv.slice(1),
     cwd: REPO,
-    stdin: "null",
+    stdin: spec.input ? "piped" : "null",
     stdout: "piped",
     stderr: "piped",
   }).spawn();
+  let pendingInput = spec.input;
+  let endAt: number | undefined;
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
@@ -229,8 +236,19 @@ export async function bootGuest(spec: GuestSpec): Promise<GuestRun> {
     const s = decoder.decode(chunk, { stream: true });
     serial += s;
     if (echo) await Deno.stderr.write(new TextEncoder().encode(defangMarkers(s)));
+    if (pendingInput && serial.includes(pendingInput.after)) {
+      const w = child.stdin.getWriter();
+      await w.write(new TextEncoder().encode(pendingInput.text));
+      w.releaseLock();
+      pendingInput = undefined;
+    }
+    if (endAt === undefined && serial.includes(`${GUEST_MARKER_PREFIX}:end`)) {
+      endAt = performance.now();
+    }
   }
   const status = await child.status;
+  const exitAt = performance.now();
+  if (spec.input) await child.stdin.close().catch(() => {});
   clearTimeout(timer);
   return {
     ...parseSerial(serial, GUEST_MARKER_PREFIX),
@@ -241,7 +259,8 @@ export async function bootGuest(spec: GuestSpec): Promise<GuestRun> {
     timedOut,
     serial,
     stderr: await stderrText,
-    seconds: (performance.now() - start) / 1000,
+    seconds: (exitAt - start) / 1000,
+    endToExitSeconds: endAt === undefined ? undefined : (exitAt - endAt) / 1000,
   };
 }
 

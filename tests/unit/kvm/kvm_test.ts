@@ -69,11 +69,13 @@ Deno.test({
     vcpu.setSregs(s);
     vcpu.setAllRegs({ rip: 0x1000n, rflags: 2n });
     const seen: [number, number[]][] = [];
+    const modes: { cr0: bigint; efer: bigint }[] = [];
     let loops = 0;
     let done = false;
     const stop = runVcpu(vcpu, {
       pio(port, write, data) {
         assert.ok(write);
+        modes.push(vcpu.modeRegs());
         if (port === 0xe8) loops++;
         else if (port === 0xeb) {
           done = true;
@@ -88,6 +90,10 @@ Deno.test({
     assert.equal(stop.kind, "stopped");
     assert.deepEqual(seen, [[0xe9, [0x41]], [0xea, [0x34, 0x12]]]);
     assert.equal(loops, 100);
+    // The exit path reads CR0/EFER from kvm_run's sync area: real mode, reset CR0 (ET set).
+    const cr0 = vcpu.getSregs().cr0;
+    assert.ok(modes.every((m) => m.cr0 === cr0 && m.efer === 0n), "sync sregs match KVM_GET_SREGS");
+    assert.equal(cr0 & 1n, 0n);
     vm.close();
     kvm.close();
   },
