@@ -75,6 +75,8 @@ export interface GuestRun extends SerialReport {
   readonly code: number | null;
   readonly signal: Deno.Signal | null;
   readonly timedOut: boolean;
+  /** Host time (seconds since the VMM started) at which each `hd_mark KEY` line arrived. */
+  readonly markArrivals: ReadonlyMap<string, number>;
   /** Seconds from the init's end marker (just before `poweroff -f`) to the VMM's exit. */
   readonly endToExitSeconds: number | undefined;
   /** Guest serial output (the VMM's stdout). */
@@ -219,6 +221,9 @@ export async function bootGuest(spec: GuestSpec): Promise<GuestRun> {
     stderr: "piped",
   }).spawn();
   let pendingInput = spec.input;
+  const markArrivals = new Map<string, number>();
+  const markRe = new RegExp(`${GUEST_MARKER_PREFIX}:mark ([^=\\s]+)=`, "g");
+  let scanned = 0;
   let endAt: number | undefined;
   let timedOut = false;
   const timer = setTimeout(() => {
@@ -236,6 +241,13 @@ export async function bootGuest(spec: GuestSpec): Promise<GuestRun> {
     const s = decoder.decode(chunk, { stream: true });
     serial += s;
     if (echo) await Deno.stderr.write(new TextEncoder().encode(defangMarkers(s)));
+    const lastNl = serial.lastIndexOf("\n");
+    if (lastNl > scanned) {
+      for (const m of serial.slice(scanned, lastNl).matchAll(markRe)) {
+        if (!markArrivals.has(m[1]!)) markArrivals.set(m[1]!, (performance.now() - start) / 1000);
+      }
+      scanned = lastNl;
+    }
     if (pendingInput && serial.includes(pendingInput.after)) {
       const w = child.stdin.getWriter();
       await w.write(new TextEncoder().encode(pendingInput.text));
@@ -261,6 +273,7 @@ export async function bootGuest(spec: GuestSpec): Promise<GuestRun> {
     stderr: await stderrText,
     seconds: (exitAt - start) / 1000,
     endToExitSeconds: endAt === undefined ? undefined : (exitAt - endAt) / 1000,
+    markArrivals,
   };
 }
 

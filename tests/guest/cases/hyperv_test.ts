@@ -1,0 +1,63 @@
+/**
+ * Hyper-V enlightenment guest tests (issue: enlightenments): a stock Debian 6.1 kernel with two
+ * vCPUs detects Hyper-V, uses the hypercall-based TLB flush and IPIs, keeps TSC stable, has the
+ * TSC page and the synthetic timer clockevent, and keeps time at the host's rate.
+ */
+import assert from "node:assert/strict";
+import { assertMark, describeRun, guestTest } from "../harness.ts";
+
+const SECONDS = 20;
+
+guestTest(
+  "Hyper-V: detection, hints, PV TLB flush and IPIs, stable TSC, TSC page, stimer, host-rate time",
+  {
+    cpus: 2,
+    memory: "512M",
+    timeoutMs: 300_000,
+    script: `
+    dm() { dmesg | grep -c "$1"; }
+    hd_mark detected "$(dm 'Hypervisor detected: Microsoft Hyper-V')"
+    hd_mark hints "$(dmesg | grep -o 'Hyper-V: privilege flags low 0x[0-9a-f]*, high 0x[0-9a-f]*, hints 0x[0-9a-f]*' | head -1)"
+    hd_mark paravirt "$(dm 'Booting paravirtualized kernel on Hyper-V')"
+    hd_mark tlbflush "$(dm 'Using hypercall for remote TLB flush')"
+    hd_mark ipi "$(dm 'Using IPI hypercalls')"
+    hd_mark tsc_unstable "$(dm 'Marking TSC unstable')"
+    cs=/sys/devices/system/clocksource/clocksource0
+    hd_mark clocksource "$(cat $cs/current_clocksource)"
+    hd_mark available "$(cat $cs/available_clocksource)"
+    hd_mark clockevent "$(cat /sys/devices/system/clockevents/clockevent0/current_device)"
+    # Select the TSC page by hand: it must keep time too.
+    echo hyperv_clocksource_tsc_page > $cs/current_clocksource
+    hd_mark selected "$(cat $cs/current_clocksource)"
+    hd_mark t0 "$(cut -d' ' -f1 /proc/uptime)"
+    sleep ${SECONDS}
+    hd_mark t1 "$(cut -d' ' -f1 /proc/uptime)"
+    hd_mark stimer_ticks "$(awk '/HVS:/ {print ($2 > 0 && $3 > 0) ? "both" : "not-both"}' /proc/interrupts)"
+  `,
+  },
+  (run) => {
+    assertMark(run, "detected", "1");
+    assertMark(
+      run,
+      "hints",
+      /^Hyper-V: privilege flags low 0x[0-9a-f]+, high 0x[0-9a-f]+, hints 0x[0-9a-f]+$/,
+    );
+    assertMark(run, "paravirt", "1");
+    assertMark(run, "tlbflush", "1");
+    assertMark(run, "ipi", "1");
+    assertMark(run, "tsc_unstable", "0");
+    // HV_ACCESS_TSC_INVARIANT makes Linux trust the TSC and rate the TSC page lower (250).
+    assertMark(run, "clocksource", "tsc");
+    assertMark(run, "available", /hyperv_clocksource_tsc_page/);
+    assertMark(run, "clockevent", "Hyper-V clockevent");
+    assertMark(run, "selected", "hyperv_clocksource_tsc_page");
+    assertMark(run, "stimer_ticks", "both");
+    const guest = Number(run.marks.get("t1")) - Number(run.marks.get("t0"));
+    const host = run.markArrivals.get("t1")! - run.markArrivals.get("t0")!;
+    const ratio = guest / host;
+    assert.ok(
+      Math.abs(ratio - 1) < 0.01,
+      `guest/host time ratio ${ratio} (guest ${guest} s, host ${host} s)\n${describeRun(run, 20)}`,
+    );
+  },
+);
