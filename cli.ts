@@ -8,10 +8,12 @@ import { UsageError } from "./src/util/errors.ts";
 import {
   parseCpus,
   parseOnCrash,
+  parseSeconds,
   parseSerial,
   parseSize,
   type VmConfig,
 } from "./src/vmm/config.ts";
+import { parseHvFeatures } from "./src/hyperv/features.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
 /** Version printed by `--version`. */
@@ -36,10 +38,13 @@ boot options:
   --hv LIST              Hyper-V enlightenments: all | none | comma list         (default: all)
   --hv-kvm-leaves        also expose KVM's CPUID leaves (at 0x40000100)
   --on-crash ACTION      guest crash report: poweroff | pause | reset            (default: poweroff)
+  --shutdown-timeout S   seconds the guest gets after SIGTERM/SIGINT             (default: 30)
   --log-level LEVEL      error | warning | info | debug                          (default: warning)
 
 Exit status: 0 guest powered off (or reset with --no-reboot), 1 the VM failed (triple fault,
-internal error: the vCPU state is printed), 2 bad input.
+internal error: the vCPU state is printed; or the guest crashed), 2 bad input.
+SIGTERM/SIGINT ask the guest to shut down (Hyper-V shutdown IC), forcing power-off after
+--shutdown-timeout; a second signal forces it at once.
 
 Examples:
   deno run -A cli.ts boot --kernel /boot/vmlinuz-6.1.0-56-amd64 --initrd init.cpio.gz --cpus 2
@@ -66,6 +71,7 @@ export function parseBootArgs(args: string[]): VmConfig {
         hv: { type: "string", default: "all" },
         "hv-kvm-leaves": { type: "boolean", default: false },
         "on-crash": { type: "string", default: "poweroff" },
+        "shutdown-timeout": { type: "string", default: "30" },
         "log-level": { type: "string", default: "warning" },
       },
     });
@@ -89,9 +95,11 @@ export function parseBootArgs(args: string[]): VmConfig {
     hv: v.hv,
     hvKvmLeaves: v["hv-kvm-leaves"],
     onCrash: parseOnCrash(v["on-crash"]),
+    shutdownTimeoutSeconds: parseSeconds(v["shutdown-timeout"], "--shutdown-timeout"),
     logLevel: v["log-level"],
   };
   if (v.initrd !== undefined) config.initrdPath = v.initrd;
+  parseHvFeatures(config.hv); // a bad --hv list fails here, before any file is read
   return config;
 }
 

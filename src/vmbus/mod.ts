@@ -52,6 +52,7 @@ export {
   type ConnectionInfo,
   type HvsockConnectRequest,
   type SynicPort,
+  vmbusOwnsConnection,
   VmbusServer,
   type VmbusServerOptions,
   type VmbusStats,

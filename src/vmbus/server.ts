@@ -193,6 +193,21 @@ interface Outgoing {
 
 const logger = getLogger("vmbus");
 
+/**
+ * Whether a connection id belongs to the VMBus host: HvPostMessage on the message connection
+ * ids (1, and 4 from protocol 5.0), HvSignalEvent on the interrupt-page id (2) or a channel's id
+ * (0x2000 + relid). Stateless, so vCPU threads can answer hypercalls without asking the host.
+ */
+export function vmbusOwnsConnection(connectionId: number, kind: "message" | "event"): boolean {
+  if (kind === "message") {
+    return connectionId === VMBUS_MESSAGE_CONNECTION_ID ||
+      connectionId === VMBUS_MESSAGE_CONNECTION_ID_4;
+  }
+  return connectionId === VMBUS_EVENT_CONNECTION_ID ||
+    (connectionId > CHANNEL_CONNECTION_ID_BASE &&
+      connectionId <= CHANNEL_CONNECTION_ID_BASE + MAX_RELID);
+}
+
 /** The VMBus host: control plane plus the channels of registered devices. */
 export class VmbusServer {
   readonly #memory: GuestMemory;
@@ -318,11 +333,8 @@ export class VmbusServer {
 
   /** True for connection ids this server answers: route those HvPostMessage/HvSignalEvent here. */
   handlesConnectionId(connectionId: number): boolean {
-    return connectionId === VMBUS_MESSAGE_CONNECTION_ID ||
-      connectionId === VMBUS_MESSAGE_CONNECTION_ID_4 ||
-      connectionId === VMBUS_EVENT_CONNECTION_ID ||
-      (connectionId > CHANNEL_CONNECTION_ID_BASE &&
-        connectionId <= CHANNEL_CONNECTION_ID_BASE + MAX_RELID);
+    return vmbusOwnsConnection(connectionId, "message") ||
+      vmbusOwnsConnection(connectionId, "event");
   }
 
   // ---- host API ---------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ export interface VmConfig {
   hv: string;
   hvKvmLeaves: boolean;
   onCrash: OnCrash;
+  /** Seconds a guest gets to shut down after SIGTERM/SIGINT before it is powered off. */
+  shutdownTimeoutSeconds: number;
   /** Log level for every thread: error | warning | info | debug. */
   logLevel: string;
 }
@@ -62,4 +64,12 @@ export function parseCpus(text: string): number {
 export function parseOnCrash(text: string): OnCrash {
   if (text === "poweroff" || text === "pause" || text === "reset") return text;
   throw new UsageError(`--on-crash: '${text}' is not one of poweroff, pause, reset`);
+}
+
+/** Parses a whole number of seconds (0..86400). */
+export function parseSeconds(text: string, what: string): number {
+  if (!/^\d+$/.test(text) || Number(text) > 86400) {
+    throw new UsageError(`${what}: '${text}' is not a number of seconds (0..86400)`);
+  }
+  return Number(text);
 }

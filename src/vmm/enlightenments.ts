@@ -14,9 +14,9 @@ import type { Vm } from "../kvm/vm.ts";
 import {
   cpuidHasInvariantTsc,
   type GuestCrashReport,
+  hasFeature,
   hvEnabled,
   type HvFeatures,
-  type HvHostBridge,
   hvMsrFilterRanges,
   HyperV,
   type HyperVState,
@@ -25,6 +25,13 @@ import {
 } from "../hyperv/mod.ts";
 import type { PowerControl } from "../machine/power.ts";
 import type { EventLoop } from "./event_loop.ts";
+import { vmbusOwnsConnection } from "../vmbus/mod.ts";
+import {
+  createHostBridgeState,
+  HostBridgeReceiver,
+  type HostBridgeState,
+  VcpuHostBridge,
+} from "./host_bridge.ts";
 import {
   guestClock,
   measureGuestTsc,
@@ -40,6 +47,8 @@ export interface HvThreadInit {
   timers: SharedArrayBuffer;
   timerWakeFd: number;
   notifyFd: number;
+  /** HvPostMessage/HvSignalEvent rings to the VMBus host (when it exists). */
+  bridge: HostBridgeState | undefined;
 }
 
 /** The main thread's part. */
@@ -64,6 +73,9 @@ export function setupEnlightenments(options: {
   kvmLeaves: boolean;
   power: PowerControl;
   loop: EventLoop;
+  /** Guest HvPostMessage and HvSignalEvent, delivered on the main thread (the VMBus host). */
+  onGuestMessage: (connectionId: number, messageType: number, payload: Uint8Array) => void;
+  onGuestSignal: (connectionId: number) => void;
 }): MainEnlightenments {
   const { vm, features, cpus } = options;
   if (!hvEnabled(features)) {
@@ -83,6 +95,7 @@ export function setupEnlightenments(options: {
   const tsc = { ...measured, vmStartTsc: BigInt.asUintN(64, rdtsc() + measured.offset) };
   const timerWakeFd = eventfd();
   const notifyFd = eventfd();
+  const bridgeFd = eventfd();
   const init: HvThreadInit = {
     state: HyperV.createState({
       vpCount: cpus,
@@ -93,6 +106,7 @@ export function setupEnlightenments(options: {
     timers: SharedTimerScheduler.createState(cpus),
     timerWakeFd,
     notifyFd,
+    bridge: hasFeature(features, "synic") ? createHostBridgeState(cpus, bridgeFd) : undefined,
   };
   const scheduler = new SharedTimerScheduler(init.timers, timerWakeFd);
   const hv = new HyperV(init.state, {
@@ -131,12 +145,21 @@ export function setupEnlightenments(options: {
     eventfdDrain(notifyFd);
     hv.synic.dispatchSlotFree();
   });
+  if (init.bridge) {
+    const receiver = new HostBridgeReceiver(init.bridge);
+    const onMessage = options.onGuestMessage;
+    const onSignal = options.onGuestSignal;
+    options.loop.add(bridgeFd, () => {
+      eventfdDrain(bridgeFd);
+      receiver.drain(onMessage, onSignal);
+    });
+  }
   return {
     cpuid,
     init,
     hv,
     close() {
-      for (const fd of [timerWakeFd, notifyFd, timerFd.fd]) {
+      for (const fd of [timerWakeFd, notifyFd, timerFd.fd, bridgeFd]) {
         options.loop.remove(fd);
         close(fd);
       }
@@ -150,7 +173,7 @@ export function attachEnlightenments(init: HvThreadInit, deps: {
   interrupts: VmInterrupts;
   power: PowerControl;
   flusher: TlbFlusher;
-  bridge?: HvHostBridge;
+  vp: number;
   onCrash: (report: GuestCrashReport) => void;
 }): HyperV {
   const hv = new HyperV(init.state, {
@@ -163,7 +186,9 @@ export function attachEnlightenments(init: HvThreadInit, deps: {
     vpRuntime100ns: threadRuntime100ns,
     notifier: { notify: () => eventfdSignal(init.notifyFd) },
     crashSink: deps.onCrash,
-    ...(deps.bridge ? { bridge: deps.bridge } : {}),
+    ...(init.bridge
+      ? { bridge: new VcpuHostBridge(init.bridge, deps.vp, vmbusOwnsConnection) }
+      : {}),
   });
   return hv;
 }

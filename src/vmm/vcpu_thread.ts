@@ -144,6 +144,7 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
         interrupts,
         power,
         flusher: new VcpuTlbFlusher(init.index, controls, flushSelf),
+        vp: init.index,
         onCrash: (report) => {
           Deno.stderr.writeSync(
             new TextEncoder().encode(`hyperdeno: guest crash: ${report.summary}\n`),
@@ -170,7 +171,10 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
           if (r === "ud") {
             badHypercall(() =>
               log.warning("hypercall refused with #UD (not injected): mode {mode} rcx {rcx}", {
-                mode: JSON.stringify(vcpu.modeRegs(), (_k, v) => typeof v === "bigint" ? v.toString(16) : v),
+                mode: JSON.stringify(
+                  vcpu.modeRegs(),
+                  (_k, v) => typeof v === "bigint" ? v.toString(16) : v,
+                ),
                 rcx: regs.getGpr("rcx").toString(16),
               })
             );

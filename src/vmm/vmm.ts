@@ -10,8 +10,10 @@ import { GuestMemory } from "../kvm/guest_memory.ts";
 import { type CpuidEntry, Kvm } from "../kvm/kvm.ts";
 import { Vcpu } from "../kvm/vcpu.ts";
 import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
-import { type HvFeatures, parseHvFeatures } from "../hyperv/mod.ts";
+import { hasFeature, type HvFeatures, parseHvFeatures } from "../hyperv/mod.ts";
 import { setupEnlightenments } from "./enlightenments.ts";
+import { VmbusServer } from "../vmbus/mod.ts";
+import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
 import type { Vm } from "../kvm/vm.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
 import { loadLinux } from "../machine/linux_boot.ts";
@@ -238,7 +240,8 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     });
 
     // 4. Kernel, boot tables, ACPI.
-    const rsdp = installAcpi(memory, { cpus: config.cpus, map, vmbus: false });
+    const withVmbus = hasFeature(inputs.features, "synic");
+    const rsdp = installAcpi(memory, { cpus: config.cpus, map, vmbus: withVmbus });
     const boot = loadLinux(memory, {
       kernel,
       kernelName: config.kernelPath,
@@ -264,10 +267,30 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       kvmLeaves: config.hvKvmLeaves,
       power,
       loop,
+      onGuestMessage: (id, type, payload) => vmbus?.onPostMessage(id, type, payload),
+      onGuestSignal: (id) => vmbus?.onSignalEvent(id, 0),
     });
     cleanups.push(() => enlightenments.close());
 
-    // 6. Start the vCPUs.
+    // 6. VMBus host and its devices (needs the SynIC).
+    let vmbus: VmbusServer | undefined;
+    let ics: IntegrationComponents | undefined;
+    const hv = enlightenments.hv;
+    if (hv && withVmbus) {
+      const server = new VmbusServer(memory, hv.synic, { vpCount: config.cpus });
+      vmbus = server;
+      hv.synic.onSlotFree(() => server.pump());
+      ics = createIntegrationComponents({
+        timesync: { referenceTime: () => hv.partition.referenceTime() },
+        heartbeat: {
+          onHealthChange: (h) => log.info("guest heartbeat: {status}", { status: h.status }),
+        },
+      });
+      for (const d of ics.devices) server.addDevice(d);
+      cleanups.push(() => ics?.dispose());
+    }
+
+    // 7. Start the vCPUs.
     for (let i = 0; i < config.cpus; i++) {
       const control = new VcpuControl(VcpuControl.createState());
       control.attachRun(vcpuFds[i]!, runSize);
@@ -310,7 +333,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     }
     log.info("{n} vCPU(s) started", { n: config.cpus });
 
-    // 7. Wait for the guest: a power request, a vCPU that stopped on its own, or a signal.
+    // 8. Wait for the guest: a power request, a vCPU that stopped on its own, or a signal.
     let outcome: BootOutcome | undefined;
     loop.add(powerFd, () => {
       eventfdDrain(powerFd);
@@ -322,10 +345,29 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     });
     const input = config.serial.kind === "stdio" ? forwardStdin(mainDevices.com1) : undefined;
     cleanups.push(() => input?.stop());
+    let shutdownAsked = false;
     const signals: [Deno.Signal, () => void][] = (["SIGINT", "SIGTERM"] as const).map((sig) => {
-      const h = () => {
+      const force = () => {
         outcome ??= { kind: "signal", signal: sig };
         loop.stop();
+      };
+      const h = () => {
+        // First signal: ask the guest to shut down (shutdown IC), force it after the timeout.
+        // A second signal, or a guest without the IC, stops the VM at once.
+        if (shutdownAsked || !ics?.shutdown.isReady) return force();
+        shutdownAsked = true;
+        console.error(
+          `hyperdeno: ${sig}: asking the guest to shut down (again to force; forced in ${config.shutdownTimeoutSeconds} s)`,
+        );
+        const timer = setTimeout(force, config.shutdownTimeoutSeconds * 1000);
+        cleanups.push(() => clearTimeout(timer));
+        ics.shutdown.request("poweroff").then(
+          (r) => log.info("guest answered the shutdown request: {status}", { status: r.status }),
+          (e) => {
+            log.warning("shutdown request failed: {error}", { error: String(e) });
+            force();
+          },
+        );
       };
       Deno.addSignalListener(sig, h);
       return [sig, h];
@@ -341,7 +383,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     void firstStop;
     outcome ??= { kind: "failed", message: "event loop ended without a cause" };
 
-    // 8. Stop every vCPU and wait for its thread.
+    // 9. Stop every vCPU and wait for its thread.
     for (const c of controls) c.request(VCPU_REQUEST.STOP);
     const settled = await Promise.race([
       Promise.all(results),

@@ -350,10 +350,6 @@ export class StorvspDevice implements VmbusDevice {
       cs.paused = true;
       return false;
     }
-    if (pkt.type === VmPacketType.DATA_USING_GPA_DIRECT && op !== VstorOperation.EXECUTE_SRB) {
-      this.#malformed(cs, `operation ${op} came with a page list`);
-      return true;
-    }
     switch (this.#state) {
       case "ready":
         return this.#onReady(cs, pkt, op, body, size);

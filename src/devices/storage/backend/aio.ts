@@ -126,11 +126,13 @@ export class AsyncFile {
       const n = Number(
         await aio().pwrite(fd, part, BigInt(part.length), BigInt(offset + done)),
       );
-      if (n <= 0) {
+      if (n < 0) {
+        // Learn errno by repeating the call synchronously (error path only).
         const again = Number(libc.pwrite(fd, part, BigInt(part.length), BigInt(offset + done)));
-        done += checkBig(`pwrite(${this.path})`, again === 0 ? -1 : again);
+        done += checkBig(`pwrite(${this.path})`, again);
         continue;
       }
+      if (n === 0) throw new SysError(`pwrite(${this.path}) wrote nothing`, 5);
       done += n;
     }
   }
