@@ -101,9 +101,17 @@ Deno.test("raw: O_DIRECT with aligned and unaligned guest buffers", async (t) =>
 
 Deno.test("raw: open errors are UsageErrors that name the file", async () => {
   using dir = tempDir();
-  await assertRejects(() => RawFileBackend.open(`${dir.path}/missing.raw`), UsageError, /does not exist/);
+  await assertRejects(
+    () => RawFileBackend.open(`${dir.path}/missing.raw`),
+    UsageError,
+    /does not exist/,
+  );
   Deno.writeFileSync(`${dir.path}/tiny.raw`, new Uint8Array(100));
-  await assertRejects(() => RawFileBackend.open(`${dir.path}/tiny.raw`), UsageError, /smaller than one/);
+  await assertRejects(
+    () => RawFileBackend.open(`${dir.path}/tiny.raw`),
+    UsageError,
+    /smaller than one/,
+  );
   await assertRejects(() => RawFileBackend.open(dir.path), UsageError, /not a regular file/);
 });
 
@@ -166,104 +174,132 @@ async function scribble(img: Qcow2Backend, expect: Uint8Array, seed: number): Pr
   await Promise.all(jobs);
 }
 
-Deno.test("qcow2: qemu-img created images are read and written here, then pass qemu-img check", needQemu, async () => {
-  using dir = tempDir();
-  for (const cluster of ["65536", "4096", "512"]) {
-    const path = `${dir.path}/img-${cluster}.qcow2`;
-    assertEquals(qemuImg("create", "-f", "qcow2", "-o", `cluster_size=${cluster}`, path, "32M").code, 0);
+Deno.test(
+  "qcow2: qemu-img created images are read and written here, then pass qemu-img check",
+  needQemu,
+  async () => {
+    using dir = tempDir();
+    for (const cluster of ["65536", "4096", "512"]) {
+      const path = `${dir.path}/img-${cluster}.qcow2`;
+      assertEquals(
+        qemuImg("create", "-f", "qcow2", "-o", `cluster_size=${cluster}`, path, "32M").code,
+        0,
+      );
+      const img = await Qcow2Backend.open(path);
+      const expect = new Uint8Array(img.size);
+      await scribble(img, expect, Number(cluster));
+      // Discard whole and partial clusters.
+      await img.discard(1 << 20, (2 << 20) + 4096 + 512);
+      expect.fill(0, 1 << 20, (3 << 20) + 4096 + 512);
+      const got = new Uint8Array(img.size);
+      await img.read(0, got);
+      assert(got.every((b, i) => b === expect[i]), `contents differ (cluster ${cluster})`);
+      await img.flush();
+      img.close();
+      const chk = qemuImg("check", path);
+      assertEquals(chk.code, 0, chk.out);
+      assert(/No errors were found/.test(chk.out), chk.out);
+      assertEquals(qemuImg("convert", "-O", "raw", path, `${path}.raw`).code, 0);
+      assert(
+        Deno.readFileSync(`${path}.raw`).every((b, i) => b === expect[i]),
+        "qemu reads the same",
+      );
+    }
+  },
+);
+
+Deno.test(
+  "qcow2: the refcount table grows past its first cluster and stays consistent",
+  needQemu,
+  async () => {
+    using dir = tempDir();
+    const path = `${dir.path}/grow.qcow2`;
+    assertEquals(qemuImg("create", "-f", "qcow2", "-o", "cluster_size=512", path, "64M").code, 0);
     const img = await Qcow2Backend.open(path);
-    const expect = new Uint8Array(img.size);
-    await scribble(img, expect, Number(cluster));
-    // Discard whole and partial clusters.
-    await img.discard(1 << 20, (2 << 20) + 4096 + 512);
-    expect.fill(0, 1 << 20, (3 << 20) + 4096 + 512);
-    const got = new Uint8Array(img.size);
-    await img.read(0, got);
-    assert(got.every((b, i) => b === expect[i]), `contents differ (cluster ${cluster})`);
-    await img.flush();
+    const chunk = new Uint8Array(1 << 20);
+    for (let i = 0; i < 12; i++) {
+      chunk.fill(i + 1);
+      await img.write(i << 20, chunk);
+    }
     img.close();
     const chk = qemuImg("check", path);
     assertEquals(chk.code, 0, chk.out);
-    assert(/No errors were found/.test(chk.out), chk.out);
-    assertEquals(qemuImg("convert", "-O", "raw", path, `${path}.raw`).code, 0);
-    assert(Deno.readFileSync(`${path}.raw`).every((b, i) => b === expect[i]), "qemu reads the same");
-  }
-});
+    assert(
+      /"refcount-table-offset"|refcount/.test(qemuImg("info", "--output=json", path).out) || true,
+    );
+    const again = await Qcow2Backend.open(path, { readOnly: true });
+    const back = new Uint8Array(1 << 20);
+    await again.read(11 << 20, back);
+    assert(back.every((b) => b === 12));
+    again.close();
+  },
+);
 
-Deno.test("qcow2: the refcount table grows past its first cluster and stays consistent", needQemu, async () => {
-  using dir = tempDir();
-  const path = `${dir.path}/grow.qcow2`;
-  assertEquals(qemuImg("create", "-f", "qcow2", "-o", "cluster_size=512", path, "64M").code, 0);
-  const img = await Qcow2Backend.open(path);
-  const chunk = new Uint8Array(1 << 20);
-  for (let i = 0; i < 12; i++) {
-    chunk.fill(i + 1);
-    await img.write(i << 20, chunk);
-  }
-  img.close();
-  const chk = qemuImg("check", path);
-  assertEquals(chk.code, 0, chk.out);
-  assert(/"refcount-table-offset"|refcount/.test(qemuImg("info", "--output=json", path).out) || true);
-  const again = await Qcow2Backend.open(path, { readOnly: true });
-  const back = new Uint8Array(1 << 20);
-  await again.read(11 << 20, back);
-  assert(back.every((b) => b === 12));
-  again.close();
-});
+Deno.test(
+  "qcow2: backing files (raw and qcow2) are read through; writes stay in the overlay",
+  needQemu,
+  async () => {
+    using dir = tempDir();
+    const base = `${dir.path}/base.raw`;
+    const content = pattern(8 << 20, 8);
+    Deno.writeFileSync(base, content);
+    const mid = `${dir.path}/mid.qcow2`;
+    const top = `${dir.path}/top.qcow2`;
+    assertEquals(qemuImg("create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", mid).code, 0);
+    const m = await Qcow2Backend.open(mid);
+    const midData = pattern(3000, 9);
+    await m.write(65536 * 3 + 100, midData);
+    m.close();
+    // Top names no backing format: probed.
+    assertEquals(qemuImg("create", "-f", "qcow2", "-b", mid, "-F", "qcow2", top, "16M").code, 0);
+    const t = await Qcow2Backend.open(top);
+    assertEquals(t.size, 16 << 20);
+    const expect = new Uint8Array(16 << 20);
+    expect.set(content);
+    expect.set(midData, 65536 * 3 + 100);
+    const partial = pattern(700, 10);
+    await t.write(65536 * 3 + 50, partial); // partial cluster: merged over the backing data
+    expect.set(partial, 65536 * 3 + 50);
+    await t.write((8 << 20) + 512, partial.subarray(0, 512)); // past the backing file's end
+    expect.set(partial.subarray(0, 512), (8 << 20) + 512);
+    await t.discard(65536 * 10, 65536 * 2); // zero clusters hide the backing data
+    expect.fill(0, 65536 * 10, 65536 * 12);
+    const got = new Uint8Array(16 << 20);
+    await t.read(0, got);
+    assert(got.every((b, i) => b === expect[i]), "chain contents");
+    t.close();
+    assertEquals(Deno.readFileSync(base), content, "the base is untouched");
+    assertEquals(qemuImg("check", top).code, 0);
+    assertEquals(qemuImg("check", mid).code, 0);
+    assertEquals(qemuImg("convert", "-O", "raw", top, `${top}.raw`).code, 0);
+    assert(Deno.readFileSync(`${top}.raw`).every((b, i) => b === expect[i]), "qemu agrees");
+  },
+);
 
-Deno.test("qcow2: backing files (raw and qcow2) are read through; writes stay in the overlay", needQemu, async () => {
-  using dir = tempDir();
-  const base = `${dir.path}/base.raw`;
-  const content = pattern(8 << 20, 8);
-  Deno.writeFileSync(base, content);
-  const mid = `${dir.path}/mid.qcow2`;
-  const top = `${dir.path}/top.qcow2`;
-  assertEquals(qemuImg("create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", mid).code, 0);
-  const m = await Qcow2Backend.open(mid);
-  const midData = pattern(3000, 9);
-  await m.write(65536 * 3 + 100, midData);
-  m.close();
-  // Top names no backing format: probed.
-  assertEquals(qemuImg("create", "-f", "qcow2", "-b", mid, "-F", "qcow2", top, "16M").code, 0);
-  const t = await Qcow2Backend.open(top);
-  assertEquals(t.size, 16 << 20);
-  const expect = new Uint8Array(16 << 20);
-  expect.set(content);
-  expect.set(midData, 65536 * 3 + 100);
-  const partial = pattern(700, 10);
-  await t.write(65536 * 3 + 50, partial); // partial cluster: merged over the backing data
-  expect.set(partial, 65536 * 3 + 50);
-  await t.write((8 << 20) + 512, partial.subarray(0, 512)); // past the backing file's end
-  expect.set(partial.subarray(0, 512), (8 << 20) + 512);
-  await t.discard(65536 * 10, 65536 * 2); // zero clusters hide the backing data
-  expect.fill(0, 65536 * 10, 65536 * 12);
-  const got = new Uint8Array(16 << 20);
-  await t.read(0, got);
-  assert(got.every((b, i) => b === expect[i]), "chain contents");
-  t.close();
-  assertEquals(Deno.readFileSync(base), content, "the base is untouched");
-  assertEquals(qemuImg("check", top).code, 0);
-  assertEquals(qemuImg("check", mid).code, 0);
-  assertEquals(qemuImg("convert", "-O", "raw", top, `${top}.raw`).code, 0);
-  assert(Deno.readFileSync(`${top}.raw`).every((b, i) => b === expect[i]), "qemu agrees");
-});
-
-Deno.test("qcow2: compressed clusters fail with a clear error; snapshots open read-only only", needQemu, async () => {
-  using dir = tempDir();
-  const raw = `${dir.path}/src.raw`;
-  Deno.writeFileSync(raw, new Uint8Array(1 << 20).fill(0x41));
-  const c = `${dir.path}/c.qcow2`;
-  assertEquals(qemuImg("convert", "-c", "-O", "qcow2", raw, c).code, 0);
-  const img = await Qcow2Backend.open(c);
-  await assertRejects(() => img.read(0, new Uint8Array(512)), DiskError, /compressed clusters are not supported/);
-  await assertRejects(() => img.write(0, new Uint8Array(512)), DiskError, /compressed/);
-  img.close();
-  const s = `${dir.path}/s.qcow2`;
-  assertEquals(qemuImg("create", "-f", "qcow2", s, "1M").code, 0);
-  assertEquals(qemuImg("snapshot", "-c", "snap1", s).code, 0);
-  await assertRejects(() => Qcow2Backend.open(s), UsageError, /internal snapshot/);
-  (await Qcow2Backend.open(s, { readOnly: true })).close();
-});
+Deno.test(
+  "qcow2: compressed clusters fail with a clear error; snapshots open read-only only",
+  needQemu,
+  async () => {
+    using dir = tempDir();
+    const raw = `${dir.path}/src.raw`;
+    Deno.writeFileSync(raw, new Uint8Array(1 << 20).fill(0x41));
+    const c = `${dir.path}/c.qcow2`;
+    assertEquals(qemuImg("convert", "-c", "-O", "qcow2", raw, c).code, 0);
+    const img = await Qcow2Backend.open(c);
+    await assertRejects(
+      () => img.read(0, new Uint8Array(512)),
+      DiskError,
+      /compressed clusters are not supported/,
+    );
+    await assertRejects(() => img.write(0, new Uint8Array(512)), DiskError, /compressed/);
+    img.close();
+    const s = `${dir.path}/s.qcow2`;
+    assertEquals(qemuImg("create", "-f", "qcow2", s, "1M").code, 0);
+    assertEquals(qemuImg("snapshot", "-c", "snap1", s).code, 0);
+    await assertRejects(() => Qcow2Backend.open(s), UsageError, /internal snapshot/);
+    (await Qcow2Backend.open(s, { readOnly: true })).close();
+  },
+);
 
 Deno.test("qcow2: every corrupted header byte gives a clear error or a working image, never a crash", async () => {
   using dir = tempDir();
@@ -320,6 +356,8 @@ Deno.test("qcow2: every corrupted header byte gives a clear error or a working i
     }
   }
   // Truncations.
-  for (const len of [0, 3, 4, 71, 72, 103, 104, 4095, 4096, 8200]) await tryImage(bytes.slice(0, len));
+  for (const len of [0, 3, 4, 71, 72, 103, 104, 4095, 4096, 8200]) {
+    await tryImage(bytes.slice(0, len));
+  }
   assert(refused > 100 && opened > 10, `refused ${refused}, opened ${opened}`);
 });

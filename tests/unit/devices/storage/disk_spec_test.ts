@@ -63,7 +63,11 @@ Deno.test("disk spec: openDisk opens raw and qcow2, refuses missing files and gu
   r.close();
   const q = `${dir.path}/q.qcow2`;
   await createDisk(q, "1M", { format: "qcow2" });
-  await assertRejects(() => openDisk(parseDiskSpec(q)), UsageError, /looks like a qcow2 image; add format=qcow2/);
+  await assertRejects(
+    () => openDisk(parseDiskSpec(q)),
+    UsageError,
+    /looks like a qcow2 image; add format=qcow2/,
+  );
   const qi = await openDisk(parseDiskSpec(`${q},format=qcow2`));
   assert(qi instanceof Qcow2Backend);
   assertEquals(qi.size, 1 << 20);

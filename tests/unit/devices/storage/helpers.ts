@@ -7,8 +7,8 @@
 import nodeAssert from "node:assert/strict";
 import {
   checkRange,
-  DiskError,
   type DiskBackend,
+  DiskError,
 } from "../../../../src/devices/storage/backend/backend.ts";
 import {
   MAX_VSTOR_PACKET_SIZE,
@@ -17,10 +17,7 @@ import {
 } from "../../../../src/devices/storage/protocol.ts";
 import { ScsiController } from "../../../../src/devices/storage/scsi/controller.ts";
 import { type ScsiBuffer, ScsiDisk } from "../../../../src/devices/storage/scsi/disk.ts";
-import {
-  StorvspDevice,
-  type StorvspOptions,
-} from "../../../../src/devices/storage/storvsp.ts";
+import { StorvspDevice, type StorvspOptions } from "../../../../src/devices/storage/storvsp.ts";
 import { encodePacket, type GuestPacket } from "../../../../src/vmbus/testing/guest_ring.ts";
 import {
   type GuestChannel,
@@ -117,7 +114,10 @@ export class MemoryBackend implements DiskBackend {
   maxInflight = 0;
   #inflight = 0;
 
-  constructor(size: number, opts: { sectorSize?: number; readOnly?: boolean; thin?: boolean } = {}) {
+  constructor(
+    size: number,
+    opts: { sectorSize?: number; readOnly?: boolean; thin?: boolean } = {},
+  ) {
     this.size = size;
     this.bytes = new Uint8Array(size);
     this.sectorSize = opts.sectorSize ?? 512;
@@ -244,7 +244,11 @@ export interface SrbSpec {
 }
 
 /** Builds a vstor packet payload. */
-export function vstorPacket(op: number, size = MAX_VSTOR_PACKET_SIZE, body?: Uint8Array): Uint8Array {
+export function vstorPacket(
+  op: number,
+  size = MAX_VSTOR_PACKET_SIZE,
+  body?: Uint8Array,
+): Uint8Array {
   const p = new Uint8Array(size);
   const dv = new DataView(p.buffer);
   dv.setUint32(0, op, true);
@@ -255,7 +259,7 @@ export function vstorPacket(op: number, size = MAX_VSTOR_PACKET_SIZE, body?: Uin
 
 /** The SRB packet payload for `s`. */
 export function srbPacket(s: SrbSpec): Uint8Array {
-  const p = vstorPacket(VstorOperation.EXECUTE_SRB, s.packetSize ?? MAX_VSTOR_PACKET_SIZE);
+  const p = vstorPacket(VstorOperation.EXECUTE_SRB, MAX_VSTOR_PACKET_SIZE);
   const dv = new DataView(p.buffer);
   const b = 12;
   dv.setUint16(b, 0x34, true);
@@ -267,7 +271,7 @@ export function srbPacket(s: SrbSpec): Uint8Array {
   p[b + 10] = s.dataIn ?? 2;
   dv.setUint32(b + 12, s.length ?? 0, true);
   p.set(Uint8Array.from(s.cdb).subarray(0, 16), b + 16);
-  return p;
+  return p.slice(0, s.packetSize ?? MAX_VSTOR_PACKET_SIZE);
 }
 
 /** The GPA-direct extension (reserved, rangecount, one range). */
@@ -294,7 +298,12 @@ export class StorvscGuest {
   /** Unsolicited packets (transaction id 0). */
   readonly unsolicited: VstorReply[] = [];
 
-  private constructor(guest: LoopbackGuest, device: StorvspDevice, offer: GuestOffer, ch: GuestChannel) {
+  private constructor(
+    guest: LoopbackGuest,
+    device: StorvspDevice,
+    offer: GuestOffer,
+    ch: GuestChannel,
+  ) {
     this.guest = guest;
     this.device = device;
     this.controller = device.controller;
@@ -365,7 +374,11 @@ export class StorvscGuest {
   }
 
   /** Waits (up to `ms`) for the reply to `tid`. */
-  async wait(tid: bigint, chs: readonly GuestChannel[] = [this.ch], ms = 5000): Promise<VstorReply> {
+  async wait(
+    tid: bigint,
+    chs: readonly GuestChannel[] = [this.ch],
+    ms = 5000,
+  ): Promise<VstorReply> {
     const end = performance.now() + ms;
     for (;;) {
       this.poll(chs);
@@ -458,7 +471,15 @@ export class StorvscGuest {
     const offset = options.offset ?? 0;
     const pages = this.pages(Math.max(1, Math.ceil((offset + bytes) / 4096)), options.scattered);
     if (op === "write") this.fill(pages, offset, options.data ?? new Uint8Array(bytes));
-    const cdb = [op === "read" ? 0x28 : 0x2a, 0, ...be32(lba), 0, (blocks >> 8) & 0xff, blocks & 0xff, 0];
+    const cdb = [
+      op === "read" ? 0x28 : 0x2a,
+      0,
+      ...be32(lba),
+      0,
+      (blocks >> 8) & 0xff,
+      blocks & 0xff,
+      0,
+    ];
     const tid = this.sendSrb({
       cdb,
       lun: options.lun ?? 0,

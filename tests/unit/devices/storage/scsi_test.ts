@@ -79,8 +79,14 @@ Deno.test("scsi: standard INQUIRY says Msft Virtual Disk, SPC-4, CmdQue; allocat
   // Buffer shorter than the allocation length: residual.
   goodOf(await run(disk, [0x12, 0, 0, 0, 96, 0], buf, 20), 20);
   // Page code without EVPD, CMDDT: INVALID FIELD IN CDB.
-  assertEquals(sense(await run(disk, [0x12, 0, 0x80, 0, 96, 0], buf)), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
-  assertEquals(sense(await run(disk, [0x12, 2, 0, 0, 96, 0], buf)), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
+  assertEquals(
+    sense(await run(disk, [0x12, 0, 0x80, 0, 96, 0], buf)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
+  assertEquals(
+    sense(await run(disk, [0x12, 2, 0, 0, 96, 0], buf)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
 });
 
 Deno.test("scsi: VPD pages 00, 80, 83, B0, B1, B2", async () => {
@@ -110,7 +116,10 @@ Deno.test("scsi: VPD pages 00, 80, 83, B0, B1, B2", async () => {
   const lbp = await vpd(0xb2);
   assertEquals(lbp[5]! & 0xe4, 0xe4); // LBPU, LBPWS, LBPWS10, LBPRZ
   assertEquals(lbp[6]! & 7, 2);
-  assertEquals(sense(await run(disk, [0x12, 1, 0x84, 0, 255, 0], buf)), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
+  assertEquals(
+    sense(await run(disk, [0x12, 1, 0x84, 0, 255, 0], buf)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
   // Without thin provisioning B2 is gone.
   const thick = setup({ thin: false }).disk;
   const r = await run(thick, [0x12, 1, 0, 0, 255, 0], buf);
@@ -128,7 +137,10 @@ Deno.test("scsi: READ CAPACITY(10) and (16) with LBPME/LBPRZ", async () => {
   assertEquals(Number(dv.getBigUint64(0, false)), BLOCKS - 1);
   assertEquals(dv.getUint32(8, false), 512);
   assertEquals(buf[14]! & 0xc0, 0xc0);
-  assertEquals(sense(await run(disk, [0x9e, 0x11, ...be64(0), 0, 0, 0, 32, 0, 0], buf)), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
+  assertEquals(
+    sense(await run(disk, [0x9e, 0x11, ...be64(0), 0, 0, 0, 32, 0, 0], buf)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
   const big = setup({ sectorSize: 4096 }).disk;
   goodOf(await run(big, [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], buf), 8);
   assertEquals(dv.getUint32(4, false), 4096);
@@ -171,26 +183,47 @@ Deno.test("scsi: READ and WRITE (6/10/12/16) move the right bytes, FUA flushes",
 Deno.test("scsi: LBA out of range, transfer larger than buffer or limit, short CDB, NACA", async () => {
   const { disk } = setup();
   const buf = new Uint8Array(8192);
-  assertEquals(sense(await run(disk, [0x28, 0, ...be32(BLOCKS - 1), 0, 0, 2, 0], buf)), ILLEGAL(Asc.LBA_OUT_OF_RANGE));
-  assertEquals(sense(await run(disk, [0x88, 0, ...be64(2 ** 60), 0, 0, 0, 1, 0, 0], buf)), ILLEGAL(Asc.LBA_OUT_OF_RANGE));
-  assertEquals(sense(await run(disk, [0x28, 0, ...be32(BLOCKS), 0, 0, 0, 0], buf)), ILLEGAL(Asc.LBA_OUT_OF_RANGE));
+  assertEquals(
+    sense(await run(disk, [0x28, 0, ...be32(BLOCKS - 1), 0, 0, 2, 0], buf)),
+    ILLEGAL(Asc.LBA_OUT_OF_RANGE),
+  );
+  assertEquals(
+    sense(await run(disk, [0x88, 0, ...be64(2 ** 60), 0, 0, 0, 1, 0, 0], buf)),
+    ILLEGAL(Asc.LBA_OUT_OF_RANGE),
+  );
+  assertEquals(
+    sense(await run(disk, [0x28, 0, ...be32(BLOCKS), 0, 0, 0, 0], buf)),
+    ILLEGAL(Asc.LBA_OUT_OF_RANGE),
+  );
   // The LBA is reported in the INFORMATION field.
   const r = await run(disk, [0x28, 0, ...be32(BLOCKS + 5), 0, 0, 1, 0], buf);
   assertEquals(r.sense![0]! & 0x80, 0x80);
   assertEquals(new DataView(r.sense!.buffer).getUint32(3, false), BLOCKS + 5);
   // 17 blocks into an 8 KiB buffer.
-  assertEquals(sense(await run(disk, [0x28, 0, 0, 0, 0, 0, 0, 0, 17, 0], buf)), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
+  assertEquals(
+    sense(await run(disk, [0x28, 0, 0, 0, 0, 0, 0, 0, 17, 0], buf)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
   // More than the maximum transfer (512 blocks).
   const huge = new Uint8Array(513 * 512);
-  assertEquals(sense(await run(disk, [0x28, 0, 0, 0, 0, 0, 0, 2, 1, 0], huge)), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
+  assertEquals(
+    sense(await run(disk, [0x28, 0, 0, 0, 0, 0, 0, 2, 1, 0], huge)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
   // CDB shorter than its group says; NACA in the control byte.
-  assertEquals(sense(await run(disk, [0x28, 0, 0, 0, 0, 0], buf)), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
+  assertEquals(
+    sense(await run(disk, [0x28, 0, 0, 0, 0, 0], buf)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
   assertEquals(sense(await run(disk, [0x00, 0, 0, 0, 0, 4])), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
   // Empty CDB: an adapter error, not sense.
   assertEquals((await run(disk, [])).srbStatus, SrbStatus.INVALID_REQUEST);
   // Unknown opcodes, including MODE SELECT and vendor ones.
   for (const op of [0x15, 0x55, 0xa3, 0xc0, 0xff, 0x7f]) {
-    assertEquals(sense(await run(disk, [op, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])), ILLEGAL(Asc.INVALID_COMMAND_OPERATION_CODE));
+    assertEquals(
+      sense(await run(disk, [op, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
+      ILLEGAL(Asc.INVALID_COMMAND_OPERATION_CODE),
+    );
   }
 });
 
@@ -235,9 +268,18 @@ Deno.test("scsi: MODE SENSE(6/10): caching, control, all pages, DBD, LLBAA, page
   assertEquals(buf[16 + 2], 0);
   r = await run(disk, [0x1a, 0, 0x08, 0, 10, 0], buf); // allocation length truncates
   goodOf(r, 10);
-  assertEquals(sense(await run(disk, [0x1a, 0, 0xc8, 0, 255, 0], buf)), ILLEGAL(Asc.SAVING_PARAMETERS_NOT_SUPPORTED));
-  assertEquals(sense(await run(disk, [0x1a, 0, 0x19, 0, 255, 0], buf)), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
-  assertEquals(sense(await run(disk, [0x1a, 0, 0x08, 1, 255, 0], buf)), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
+  assertEquals(
+    sense(await run(disk, [0x1a, 0, 0xc8, 0, 255, 0], buf)),
+    ILLEGAL(Asc.SAVING_PARAMETERS_NOT_SUPPORTED),
+  );
+  assertEquals(
+    sense(await run(disk, [0x1a, 0, 0x19, 0, 255, 0], buf)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
+  assertEquals(
+    sense(await run(disk, [0x1a, 0, 0x08, 1, 255, 0], buf)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
 });
 
 Deno.test("scsi: SYNCHRONIZE CACHE(10/16) flushes and checks the range", async () => {
@@ -245,7 +287,10 @@ Deno.test("scsi: SYNCHRONIZE CACHE(10/16) flushes and checks the range", async (
   goodOf(await run(disk, [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 0);
   goodOf(await run(disk, [0x91, 0, ...be64(10), 0, 0, 0, 10, 0, 0]), 0);
   assertEquals(mem.flushes, 2);
-  assertEquals(sense(await run(disk, [0x35, 0, ...be32(BLOCKS + 1), 0, 0, 0, 0])), ILLEGAL(Asc.LBA_OUT_OF_RANGE));
+  assertEquals(
+    sense(await run(disk, [0x35, 0, ...be32(BLOCKS + 1), 0, 0, 0, 0])),
+    ILLEGAL(Asc.LBA_OUT_OF_RANGE),
+  );
 });
 
 Deno.test("scsi: WRITE SAME(10/16): pattern, UNMAP bit discards, NDOB, WSNZ", async () => {
@@ -263,9 +308,18 @@ Deno.test("scsi: WRITE SAME(10/16): pattern, UNMAP bit discards, NDOB, WSNZ", as
   goodOf(await run(disk, [0x93, 0x09, ...be64(300), 0, 0, 0, 3, 0, 0]), 0);
   assertEquals(mem.discards.length, 2);
   assert(mem.bytes.subarray(300 * 512, 303 * 512).every((b) => b === 0));
-  assertEquals(sense(await run(disk, [0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0], block)), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
-  assertEquals(sense(await run(disk, [0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0], block, 100)), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
-  assertEquals(sense(await run(disk, [0x41, 0, ...be32(BLOCKS - 1), 0, 0, 2, 0], block)), ILLEGAL(Asc.LBA_OUT_OF_RANGE));
+  assertEquals(
+    sense(await run(disk, [0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0], block)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
+  assertEquals(
+    sense(await run(disk, [0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0], block, 100)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
+  assertEquals(
+    sense(await run(disk, [0x41, 0, ...be32(BLOCKS - 1), 0, 0, 2, 0], block)),
+    ILLEGAL(Asc.LBA_OUT_OF_RANGE),
+  );
 });
 
 Deno.test("scsi: UNMAP parameter lists: good, empty, short, inconsistent, out of range", async () => {
@@ -286,15 +340,24 @@ Deno.test("scsi: UNMAP parameter lists: good, empty, short, inconsistent, out of
   goodOf(await run(disk, cdb(l.length), l), l.length);
   assertEquals(mem.discards, [[4096, 4096], [51200, 8192]]);
   goodOf(await run(disk, cdb(0)), 0);
-  assertEquals(sense(await run(disk, cdb(6), new Uint8Array(6))), ILLEGAL(Asc.PARAMETER_LIST_LENGTH_ERROR));
+  assertEquals(
+    sense(await run(disk, cdb(6), new Uint8Array(6))),
+    ILLEGAL(Asc.PARAMETER_LIST_LENGTH_ERROR),
+  );
   l = list([[8, 8]], 64);
-  assertEquals(sense(await run(disk, cdb(l.length), l)), ILLEGAL(Asc.INVALID_FIELD_IN_PARAMETER_LIST));
+  assertEquals(
+    sense(await run(disk, cdb(l.length), l)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_PARAMETER_LIST),
+  );
   l = list([[BLOCKS - 4, 8]]);
   assertEquals(sense(await run(disk, cdb(l.length), l)), ILLEGAL(Asc.LBA_OUT_OF_RANGE));
   // Nothing is discarded when one descriptor is bad.
   assertEquals(mem.discards.length, 2);
   const thick = setup({ thin: false }).disk;
-  assertEquals(sense(await run(thick, cdb(l.length), l)), ILLEGAL(Asc.INVALID_COMMAND_OPERATION_CODE));
+  assertEquals(
+    sense(await run(thick, cdb(l.length), l)),
+    ILLEGAL(Asc.INVALID_COMMAND_OPERATION_CODE),
+  );
 });
 
 Deno.test("scsi: VERIFY(10/16): range check, byte compare, MISCOMPARE", async () => {
@@ -306,8 +369,14 @@ Deno.test("scsi: VERIFY(10/16): range check, byte compare, MISCOMPARE", async ()
   same[700] = same[700]! ^ 1;
   const r = await run(disk, [0x2f, 2, 0, 0, 0, 1, 0, 0, 2, 0], same);
   assertEquals(sense(r), { key: SenseKey.MISCOMPARE, asc: Asc.MISCOMPARE_DURING_VERIFY });
-  assertEquals(sense(await run(disk, [0x2f, 4, 0, 0, 0, 1, 0, 0, 2, 0], same)), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
-  assertEquals(sense(await run(disk, [0x2f, 0, ...be32(BLOCKS), 0, 0, 1, 0])), ILLEGAL(Asc.LBA_OUT_OF_RANGE));
+  assertEquals(
+    sense(await run(disk, [0x2f, 4, 0, 0, 0, 1, 0, 0, 2, 0], same)),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
+  assertEquals(
+    sense(await run(disk, [0x2f, 0, ...be32(BLOCKS), 0, 0, 1, 0])),
+    ILLEGAL(Asc.LBA_OUT_OF_RANGE),
+  );
 });
 
 Deno.test("scsi: backend failures become sense: medium error, no space, read-only", async () => {
@@ -355,11 +424,20 @@ Deno.test("scsi controller: REPORT LUNS, missing LUNs, other targets, attach err
   let r = await c.execute(home, req([0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0]));
   goodOf(r, 24);
   assertEquals([buf[3], buf[9], buf[17]], [16, 0, 7]);
-  r = await c.execute({ pathId: 1, targetId: 0, lun: 0 }, req([0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0]));
+  r = await c.execute(
+    { pathId: 1, targetId: 0, lun: 0 },
+    req([0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0]),
+  );
   goodOf(r, 8);
   assertEquals(buf[3], 0);
-  assertEquals(sense(await c.execute(home, req([0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0]))), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
-  assertEquals(sense(await c.execute(home, req([0xa0, 0, 5, 0, 0, 0, 0, 0, 0, 64, 0, 0]))), ILLEGAL(Asc.INVALID_FIELD_IN_CDB));
+  assertEquals(
+    sense(await c.execute(home, req([0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0]))),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
+  assertEquals(
+    sense(await c.execute(home, req([0xa0, 0, 5, 0, 0, 0, 0, 0, 0, 64, 0, 0]))),
+    ILLEGAL(Asc.INVALID_FIELD_IN_CDB),
+  );
   r = await c.execute({ ...home, lun: 3 }, req([0x12, 0, 0, 0, 36, 0]));
   goodOf(r, 36);
   assertEquals(buf[0], 0x7f);

@@ -176,7 +176,10 @@ Deno.test("storvsp: CREATE_SUB_CHANNELS offers sub-channels that carry I/O; too 
   const chs = subs.map((s) => g.guest.open(s, { targetVp: s.subChannelIndex }));
   for (const ch of chs) {
     const pages = g.pages(1);
-    const tid = g.sendSrb({ cdb: [0x28, 0, 0, 0, 0, 4, 0, 0, 1, 0], dataIn: 1, pages, length: 512 }, ch);
+    const tid = g.sendSrb(
+      { cdb: [0x28, 0, 0, 0, 0, 4, 0, 0, 1, 0], dataIn: 1, pages, length: 512 },
+      ch,
+    );
     const reply = await g.wait(tid, [ch]);
     assertEquals(reply.srbStatus, SrbStatus.SUCCESS);
     assertEquals(g.collect(pages, 0, 512), mem.bytes.subarray(2048, 2560));
@@ -200,9 +203,30 @@ Deno.test("storvsp: hot add and remove send ENUMERATE_BUS; REPORT LUNS and INVAL
   let r = await g.wait(tid);
   assertEquals(r.dataTransferLength, 24);
   assertEquals([...g.collect(pages, 0, 24)], [
-    0, 0, 0, 16, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0,
-    0, 3, 0, 0, 0, 0, 0, 0,
+    0,
+    0,
+    0,
+    16,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    3,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
   ]);
   g.controller.detach(3);
   g.poll();
