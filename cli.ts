@@ -10,10 +10,12 @@ import {
   parseOnCrash,
   parseSeconds,
   parseSerial,
+  parseSignedSeconds,
   parseSize,
   type VmConfig,
 } from "./src/vmm/config.ts";
 import { parseHvFeatures } from "./src/hyperv/features.ts";
+import { parseDiskSpec } from "./src/devices/storage/backend/disk_spec.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
 /** Version printed by `--version`. */
@@ -24,6 +26,7 @@ const HELP =
 
 Usage:
   hyperdeno boot --kernel PATH [options]   boot a Linux bzImage
+  hyperdeno create-disk FILE SIZE [--format raw|qcow2]   make a disk image
   hyperdeno doctor                         what this host's /dev/kvm can do
   hyperdeno --help | --version
 
@@ -39,6 +42,9 @@ boot options:
   --hv-kvm-leaves        also expose KVM's CPUID leaves (at 0x40000100)
   --on-crash ACTION      guest crash report: poweroff | pause | reset            (default: poweroff)
   --shutdown-timeout S   seconds the guest gets after SIGTERM/SIGINT             (default: 30)
+  --disk SPEC            synthetic SCSI disk (repeatable):
+                         path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N]
+  --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
   --log-level LEVEL      error | warning | info | debug                          (default: warning)
 
 Exit status: 0 guest powered off (or reset with --no-reboot), 1 the VM failed (triple fault,
@@ -72,6 +78,8 @@ export function parseBootArgs(args: string[]): VmConfig {
         "hv-kvm-leaves": { type: "boolean", default: false },
         "on-crash": { type: "string", default: "poweroff" },
         "shutdown-timeout": { type: "string", default: "30" },
+        disk: { type: "string", multiple: true, default: [] },
+        "rtc-offset": { type: "string", default: "0" },
         "log-level": { type: "string", default: "warning" },
       },
     });
@@ -96,11 +104,42 @@ export function parseBootArgs(args: string[]): VmConfig {
     hvKvmLeaves: v["hv-kvm-leaves"],
     onCrash: parseOnCrash(v["on-crash"]),
     shutdownTimeoutSeconds: parseSeconds(v["shutdown-timeout"], "--shutdown-timeout"),
+    disks: v.disk.map((d) => parseDiskSpec(d)),
+    rtcOffsetSeconds: parseSignedSeconds(v["rtc-offset"], "--rtc-offset"),
     logLevel: v["log-level"],
   };
   if (v.initrd !== undefined) config.initrdPath = v.initrd;
   parseHvFeatures(config.hv); // a bad --hv list fails here, before any file is read
   return config;
+}
+
+/** `create-disk FILE SIZE [--format raw|qcow2]`: a sparse raw or minimal qcow2 v3 image. */
+async function createDiskCommand(args: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        format: { type: "string", default: "raw" },
+        force: { type: "boolean", default: false },
+      },
+    });
+  } catch (e) {
+    throw new UsageError(`create-disk: ${(e as Error).message}`);
+  }
+  const [file, size, ...extra] = parsed.positionals;
+  if (!file || !size || extra.length > 0) {
+    throw new UsageError("create-disk: usage: create-disk FILE SIZE [--format raw|qcow2]");
+  }
+  const format = parsed.values.format;
+  if (format !== "raw" && format !== "qcow2") {
+    throw new UsageError(`create-disk: --format '${format}' is not raw or qcow2`);
+  }
+  const { createDisk } = await import("./src/devices/storage/backend/create.ts");
+  const bytes = await createDisk(file, size, { format, overwrite: parsed.values.force });
+  console.log(`created ${file}: ${format}, ${bytes} bytes`);
+  return 0;
 }
 
 /** Runs the CLI; returns the process exit status. */
@@ -129,6 +168,8 @@ export async function main(args: string[]): Promise<number> {
         const { runVm } = await import("./src/vmm/vmm.ts");
         return await runVm(config);
       }
+      case "create-disk":
+        return await createDiskCommand(rest);
       case "doctor": {
         const { doctor } = await import("./src/vmm/doctor.ts");
         return doctor();

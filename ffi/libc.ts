@@ -26,6 +26,26 @@ const SYMBOLS = {
   pread: { name: "pread64", parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   pwrite: { name: "pwrite64", parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   fdatasync: { parameters: ["i32"], result: "i32" },
+  // Disk I/O off the event loop (storage backends): Promise-returning, errno not available.
+  pread_async: {
+    name: "pread64",
+    parameters: ["i32", "buffer", "usize", "i64"],
+    result: "isize",
+    nonblocking: true,
+  },
+  pwrite_async: {
+    name: "pwrite64",
+    parameters: ["i32", "buffer", "usize", "i64"],
+    result: "isize",
+    nonblocking: true,
+  },
+  fdatasync_async: { name: "fdatasync", parameters: ["i32"], result: "i32", nonblocking: true },
+  fallocate_async: {
+    name: "fallocate64",
+    parameters: ["i32", "i32", "i64", "i64"],
+    result: "i32",
+    nonblocking: true,
+  },
   fallocate: { name: "fallocate64", parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
   epoll_create1: { parameters: ["i32"], result: "i32" },
   epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },

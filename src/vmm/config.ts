@@ -4,6 +4,7 @@
  * @module
  */
 import { UsageError } from "../util/errors.ts";
+import type { DiskSpec } from "../devices/storage/mod.ts";
 
 /** Where COM1 output goes. */
 export type SerialSpec = { kind: "stdio" } | { kind: "file"; path: string } | { kind: "none" };
@@ -24,6 +25,10 @@ export interface VmConfig {
   hv: string;
   hvKvmLeaves: boolean;
   onCrash: OnCrash;
+  /** `--disk` specs, in order (LUN = position unless given). */
+  disks: DiskSpec[];
+  /** Seconds the guest's CMOS clock is off from the host at power-on (`--rtc-offset`). */
+  rtcOffsetSeconds: number;
   /** Seconds a guest gets to shut down after SIGTERM/SIGINT before it is powered off. */
   shutdownTimeoutSeconds: number;
   /** Log level for every thread: error | warning | info | debug. */
@@ -70,6 +75,14 @@ export function parseOnCrash(text: string): OnCrash {
 export function parseSeconds(text: string, what: string): number {
   if (!/^\d+$/.test(text) || Number(text) > 86400) {
     throw new UsageError(`${what}: '${text}' is not a number of seconds (0..86400)`);
+  }
+  return Number(text);
+}
+
+/** Parses a signed whole number of seconds (for `--rtc-offset`). */
+export function parseSignedSeconds(text: string, what: string): number {
+  if (!/^[+-]?\d+$/.test(text) || Math.abs(Number(text)) > 100 * 365 * 86400) {
+    throw new UsageError(`${what}: '${text}' is not a number of seconds`);
   }
   return Number(text);
 }

@@ -13,6 +13,7 @@ import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
 import { hasFeature, type HvFeatures, parseHvFeatures } from "../hyperv/mod.ts";
 import { setupEnlightenments } from "./enlightenments.ts";
 import { VmbusServer } from "../vmbus/mod.ts";
+import { openDisk, ScsiController, ScsiDisk, StorvspDevice } from "../devices/storage/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
 import type { Vm } from "../kvm/vm.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
@@ -97,12 +98,15 @@ export async function runVm(config: VmConfig): Promise<number> {
   ) {
     if (!kvm.checkExtension(cap)) throw new UsageError(`this host's KVM lacks the ${name}`);
   }
+  // Disks outlive guest resets, like the controller they hang off.
+  const scsi = await openScsiController(config);
   const serialFd = openSerial(config);
   const raw = enterRawMode(config);
   // The CMOS (clock offset and NVRAM) is battery-backed: it survives guest resets.
   const cmos = createPcDeviceState({
     ramBelow4G: map.lowRamEnd,
     ramAbove4G: map.ramBytes - map.lowRamEnd,
+    rtcOffsetMs: config.rtcOffsetSeconds * 1000,
   }).rtc;
   try {
     for (let boots = 1;; boots++) {
@@ -113,6 +117,7 @@ export async function runVm(config: VmConfig): Promise<number> {
         serialFd,
         cmos,
         features,
+        scsi,
       });
       switch (outcome.kind) {
         case "poweroff":
@@ -149,7 +154,42 @@ export async function runVm(config: VmConfig): Promise<number> {
   } finally {
     raw?.restore();
     if (serialFd > 2) close(serialFd);
+    await scsi?.close();
   }
+}
+
+/** Opens every `--disk` and attaches it to one SCSI controller (undefined when none). */
+async function openScsiController(
+  config: VmConfig,
+): Promise<{ controller: ScsiController; close(): Promise<void> } | undefined> {
+  if (config.disks.length === 0) return undefined;
+  if (!hasFeature(parseHvFeatures(config.hv), "synic")) {
+    throw new UsageError("--disk needs VMBus, which needs the synic enlightenment (--hv all)");
+  }
+  const controller = new ScsiController();
+  const disks: ScsiDisk[] = [];
+  try {
+    for (const [i, spec] of config.disks.entries()) {
+      const disk = new ScsiDisk(await openDisk(spec), {
+        serial: spec.serial ?? `hyperdeno${i}`,
+        readOnly: spec.readOnly,
+      });
+      disks.push(disk);
+      controller.attach(spec.lun ?? controller.freeLun(), disk);
+    }
+  } catch (e) {
+    for (const d of disks) await d.backend.close();
+    throw e;
+  }
+  return {
+    controller,
+    async close() {
+      for (const d of disks) {
+        await d.drain();
+        await d.backend.close();
+      }
+    },
+  };
 }
 
 function openSerial(config: VmConfig): number {
@@ -192,6 +232,7 @@ interface BootInputs {
   /** Shared CMOS state, kept across resets. */
   cmos: SharedArrayBuffer;
   features: HvFeatures;
+  scsi: { controller: ScsiController } | undefined;
 }
 
 async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise<BootOutcome> {
@@ -288,6 +329,13 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       });
       for (const d of ics.devices) server.addDevice(d);
       cleanups.push(() => ics?.dispose());
+      if (inputs.scsi) {
+        const storvsp = new StorvspDevice(inputs.scsi.controller, {
+          maxSubChannels: config.cpus - 1,
+        });
+        server.addDevice(storvsp);
+        cleanups.push(() => storvsp.close());
+      }
     }
 
     // 7. Start the vCPUs.

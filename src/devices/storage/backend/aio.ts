@@ -7,40 +7,10 @@
  * errno is lost by a nonblocking call (it belongs to a pool thread), so a failed call is
  * repeated once synchronously through `ffi/libc.ts` to learn why; failures are rare and the
  * retry is on the error path only.
- *
- * Note for the lead: these four symbols belong in `ffi/libc.ts` (as `pread_async`, …) to keep
- * one `dlopen`; this module then only needs to import them.
+
  * @module
  */
 import { C, check, checkBig, close, errno, libc, open, SysError } from "../../../../ffi/libc.ts";
-
-const ASYNC_SYMBOLS = {
-  pread: {
-    name: "pread64",
-    parameters: ["i32", "buffer", "usize", "i64"],
-    result: "isize",
-    nonblocking: true,
-  },
-  pwrite: {
-    name: "pwrite64",
-    parameters: ["i32", "buffer", "usize", "i64"],
-    result: "isize",
-    nonblocking: true,
-  },
-  fdatasync: { parameters: ["i32"], result: "i32", nonblocking: true },
-  fallocate: {
-    name: "fallocate64",
-    parameters: ["i32", "i32", "i64", "i64"],
-    result: "i32",
-    nonblocking: true,
-  },
-} as const satisfies Deno.ForeignLibraryInterface;
-
-let asyncLib: Deno.DynamicLibrary<typeof ASYNC_SYMBOLS> | undefined;
-function aio(): Deno.DynamicLibrary<typeof ASYNC_SYMBOLS>["symbols"] {
-  asyncLib ??= Deno.dlopen("libc.so.6", ASYNC_SYMBOLS);
-  return asyncLib.symbols;
-}
 
 /** Options of `AsyncFile.open`. */
 export interface AsyncFileOptions {
@@ -101,7 +71,7 @@ export class AsyncFile {
     while (done < dst.length) {
       const part = done === 0 ? dst : dst.subarray(done);
       const n = Number(
-        await aio().pread(fd, part, BigInt(part.length), BigInt(offset + done)),
+        await libc.pread_async(fd, part, BigInt(part.length), BigInt(offset + done)),
       );
       if (n < 0) {
         // Learn errno by repeating the call synchronously (error path only).
@@ -124,7 +94,7 @@ export class AsyncFile {
     while (done < src.length) {
       const part = done === 0 ? src : src.subarray(done);
       const n = Number(
-        await aio().pwrite(fd, part, BigInt(part.length), BigInt(offset + done)),
+        await libc.pwrite_async(fd, part, BigInt(part.length), BigInt(offset + done)),
       );
       if (n < 0) {
         // Learn errno by repeating the call synchronously (error path only).
@@ -140,14 +110,14 @@ export class AsyncFile {
   /** fdatasync(2). */
   async datasync(): Promise<void> {
     const fd = this.#live();
-    if (await aio().fdatasync(fd) < 0) check(`fdatasync(${this.path})`, libc.fdatasync(fd));
+    if (await libc.fdatasync_async(fd) < 0) check(`fdatasync(${this.path})`, libc.fdatasync(fd));
   }
 
   /** fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads as zeros and frees its blocks. */
   async punchHole(offset: number, length: number): Promise<void> {
     const fd = this.#live();
     const mode = C.FALLOC_FL_PUNCH_HOLE | C.FALLOC_FL_KEEP_SIZE;
-    const r = await aio().fallocate(fd, mode, BigInt(offset), BigInt(length));
+    const r = await libc.fallocate_async(fd, mode, BigInt(offset), BigInt(length));
     if (r < 0) {
       check(
         `fallocate(${this.path}, PUNCH_HOLE)`,

@@ -1,0 +1,108 @@
+/**
+ * VMBus and integration components with a stock Debian 6.1 guest (issue: VMBus host + ICs):
+ * protocol 5.3, the four IC class ids, hv_utils binding them, time sync correcting a clock
+ * started an hour wrong, SIGTERM shutting the guest down through the shutdown IC, a reboot that
+ * reconnects, and a guest panic reported through the crash MSRs.
+ */
+import assert from "node:assert/strict";
+import { assertMark, bootGuest, describeRun, guestEnvironment, guestTest } from "../harness.ts";
+
+const IC_CLASSES = {
+  shutdown: "{0e0b6031-5213-4934-818b-38d90ced39db}",
+  timesync: "{9527e630-d0ae-497b-adce-e80ab0175caf}",
+  heartbeat: "{57164f39-9115-4e78-ab55-382f3bd5422d}",
+  kvp: "{a9a0f4e7-5a45-4d96-b827-8a841e8c03e6}",
+};
+
+guestTest("VMBus 5.3 with the four integration components; time sync fixes a clock an hour off", {
+  cpus: 2,
+  modules: ["hv_vmbus", "hv_utils"],
+  vmmArgs: ["--rtc-offset", "-3600"],
+  script: `
+    hd_mark version "$(dmesg | grep -o 'Vmbus version:[0-9.]*' | head -1)"
+    hd_mark classes "$(cat /sys/bus/vmbus/devices/*/class_id | sort | tr '\\n' ' ')"
+    hd_mark bound "$(ls -d /sys/bus/vmbus/drivers/hv_utils/*-* 2>/dev/null | wc -l)"
+    hd_mark ic_versions "$(dmesg | grep -o -E '(Shutdown|TimeSync|Heartbeat) IC version [0-9.]*' | sort | tr '\\n' ';')"
+    # The RTC started an hour behind, so did the kernel clock; the time sync IC's SYNC sets it.
+    sleep 3
+    hd_mark epoch "$(date -u +%s)"
+  `,
+}, (run) => {
+  assertMark(run, "version", "Vmbus version:5.3");
+  const classes = run.marks.get("classes") ?? "";
+  for (const [name, id] of Object.entries(IC_CLASSES)) {
+    assert.ok(
+      classes.includes(id),
+      `${name} class ${id} offered: ${classes}\n${describeRun(run, 20)}`,
+    );
+  }
+  assertMark(run, "bound", "4");
+  assertMark(
+    run,
+    "ic_versions",
+    /Heartbeat IC version 3\.0;.*Shutdown IC version 3\.2;.*TimeSync IC version 4\.0;/,
+  );
+  const guestNow = Number(run.marks.get("epoch"));
+  const hostNow = Date.now() / 1000;
+  // Marks arrive within a few seconds of being taken; an hour off would be 3600.
+  assert.ok(Math.abs(hostNow - guestNow) < 30, `guest clock ${guestNow} vs host ${hostNow}`);
+});
+
+Deno.test({
+  name: "SIGTERM asks the guest to shut down through the shutdown IC; the VMM exits 0",
+  ignore: !guestEnvironment().ok,
+  async fn() {
+    const run = await bootGuest({
+      modules: ["hv_vmbus", "hv_utils"],
+      // The body idles until the host's shutdown request powers the guest off.
+      script: `echo waiting-for-sigterm; sleep 600`,
+      // orderly_poweroff() runs /sbin/poweroff; the kit's init is a shell, so make it act.
+      files: {
+        "/sbin/poweroff": { data: "#!/bin/sh\nexec /bin/busybox poweroff -f\n", mode: 0o755 },
+      },
+      signalAfter: { after: "waiting-for-sigterm", signal: "SIGTERM" },
+    });
+    const ctx = describeRun(run, 30);
+    assert.equal(run.code, 0, ctx);
+    assert.match(run.stderr, /asking the guest to shut down/, ctx);
+    assert.match(run.serial, /reboot: Power down|Power down/, ctx);
+  },
+});
+
+Deno.test({
+  name: "reboot -f with hv_vmbus loaded: the guest comes back and reconnects to VMBus",
+  ignore: !guestEnvironment().ok,
+  async fn() {
+    const run = await bootGuest({
+      modules: ["hv_vmbus"],
+      noReboot: false,
+      script: `
+        cmos() { printf "\\\\$(printf %o $1)" | dd of=/dev/port bs=1 seek=112 count=1 2>/dev/null; }
+        cmos 65; n=$(dd if=/dev/port bs=1 skip=113 count=1 2>/dev/null | od -An -tu1 | tr -d ' ')
+        n=$((n + 1)); cmos 65; printf "\\\\$(printf %o $n)" | dd of=/dev/port bs=1 seek=113 count=1 2>/dev/null
+        hd_mark boot "$n"
+        hd_mark vmbus_devices "$(ls /sys/bus/vmbus/devices | wc -l)"
+        if [ "$n" -lt 2 ]; then reboot -f; sleep 30; fi`,
+    });
+    const ctx = describeRun(run, 40);
+    assert.equal(run.code, 0, ctx);
+    assert.equal(run.marks.get("boot"), "2", ctx);
+    assert.equal(run.serial.match(/@@hyperdeno:mark vmbus_devices=4/g)?.length, 2, ctx);
+    assertMark(run, "vmbus_devices", "4");
+  },
+});
+
+Deno.test({
+  name: "a guest panic is reported through the Hyper-V crash MSRs and ends the VMM with 1",
+  ignore: !guestEnvironment().ok,
+  async fn() {
+    const run = await bootGuest({
+      modules: ["hv_vmbus"],
+      cmdline: "panic=0",
+      script: `echo c > /proc/sysrq-trigger; sleep 60`,
+    });
+    const ctx = describeRun(run, 30);
+    assert.equal(run.code, 1, ctx);
+    assert.match(run.stderr, /hyperdeno: guest crash: .*Linux/, ctx);
+  },
+});
