@@ -45,6 +45,8 @@ boot options:
   --disk SPEC            synthetic SCSI disk (repeatable):
                          path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N]
   --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
+  --control PATH         JSON-lines control socket: status, shutdown, reboot, kvp-get, kvp-set,
+                         channels (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH)
   --log-level LEVEL      error | warning | info | debug                          (default: warning)
 
 Exit status: 0 guest powered off (or reset with --no-reboot), 1 the VM failed (triple fault,
@@ -80,6 +82,7 @@ export function parseBootArgs(args: string[]): VmConfig {
         "shutdown-timeout": { type: "string", default: "30" },
         disk: { type: "string", multiple: true, default: [] },
         "rtc-offset": { type: "string", default: "0" },
+        control: { type: "string" },
         "log-level": { type: "string", default: "warning" },
       },
     });
@@ -109,6 +112,7 @@ export function parseBootArgs(args: string[]): VmConfig {
     logLevel: v["log-level"],
   };
   if (v.initrd !== undefined) config.initrdPath = v.initrd;
+  if (v.control !== undefined) config.controlPath = v.control;
   parseHvFeatures(config.hv); // a bad --hv list fails here, before any file is read
   return config;
 }

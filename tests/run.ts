@@ -130,6 +130,8 @@ async function missingKitPackages(): Promise<string[]> {
   } catch {
     missing.push("busybox-static");
   }
+  // The storage guest tests make and check qcow2 images with qemu-img.
+  if (!which("qemu-img")) missing.push("qemu-utils");
   return missing;
 }
 

@@ -117,6 +117,17 @@ export class Channel {
     return this.#state;
   }
 
+  /** Packets read from the guest's ring (for status displays). */
+  packetsReceived = 0;
+  /** Packets written to the guest's ring. */
+  packetsSent = 0;
+
+  /** Ring fill levels in bytes (guest→host, host→guest), or undefined while closed. */
+  get ringFill(): { incoming: number; outgoing: number } | undefined {
+    const r = this.#rings;
+    return r ? { incoming: r.incoming.bytesUsed, outgoing: r.outgoing.bytesUsed } : undefined;
+  }
+
   /** True when packets can flow: open, device accepted, ring not corrupt. */
   get isOpen(): boolean {
     return this.#state === "open" && this.#deviceOpen && !this.#broken;
@@ -277,6 +288,7 @@ export class Channel {
       this.#blockedNeed = packetSize(ext ? ext.length : 0, payload ? payload.length : 0);
       return false;
     }
+    this.packetsSent++;
     if (result === WriteResult.WRITTEN_SIGNAL) this.#host.signalGuest(this);
     return true;
   }
@@ -457,6 +469,7 @@ export class Channel {
           const pkt = ring.readPacket();
           if (!pkt) break;
           budget--;
+          this.packetsReceived++;
           let r: boolean | void | typeof DEVICE_FAILED;
           try {
             r = this.device.onPacket(this, pkt);

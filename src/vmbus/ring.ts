@@ -360,6 +360,13 @@ export class IncomingRing {
     return this.#size;
   }
 
+  /** Bytes of packets in the ring (from its current indices), for status displays. */
+  get bytesUsed(): number {
+    const w = this.#ctrl[RingControlWord.WRITE_INDEX]! % this.#size;
+    const r = this.#ctrl[RingControlWord.READ_INDEX]! % this.#size;
+    return (w - r + this.#size) % this.#size;
+  }
+
   /** True when no unread packet is in the ring. Throws `RingError` on a bad write index. */
   isEmpty(): boolean {
     return this.#loadWrite() === this.#next;
@@ -552,6 +559,13 @@ export class OutgoingRing {
   /** Data area size in bytes. */
   get size(): number {
     return this.#size;
+  }
+
+  /** Bytes of packets in the ring (from its current indices), for status displays. */
+  get bytesUsed(): number {
+    const w = this.#ctrl[RingControlWord.WRITE_INDEX]! % this.#size;
+    const r = this.#ctrl[RingControlWord.READ_INDEX]! % this.#size;
+    return (w - r + this.#size) % this.#size;
   }
 
   /** Largest packet (`packetSize`) the ring can ever hold. */

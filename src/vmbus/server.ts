@@ -163,6 +163,10 @@ export interface ChannelInfo {
   readonly broken: boolean;
   /** VP receiving the channel's interrupts. */
   readonly targetVp: number;
+  /** Ring fill levels in bytes, when open. */
+  readonly ringFill: { incoming: number; outgoing: number } | undefined;
+  readonly packetsReceived: number;
+  readonly packetsSent: number;
 }
 
 interface Connection {
@@ -313,6 +317,9 @@ export class VmbusServer {
       state: c.state,
       broken: c.isBroken,
       targetVp: c.targetVp,
+      ringFill: c.ringFill,
+      packetsReceived: c.packetsReceived,
+      packetsSent: c.packetsSent,
     }));
   }
 

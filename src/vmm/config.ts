@@ -25,6 +25,8 @@ export interface VmConfig {
   hv: string;
   hvKvmLeaves: boolean;
   onCrash: OnCrash;
+  /** Unix socket path for the JSON-lines control socket (`--control`). */
+  controlPath?: string;
   /** `--disk` specs, in order (LUN = position unless given). */
   disks: DiskSpec[];
   /** Seconds the guest's CMOS clock is off from the host at power-on (`--rtc-offset`). */

@@ -12,6 +12,7 @@ import { Vcpu } from "../kvm/vcpu.ts";
 import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
 import { hasFeature, type HvFeatures, parseHvFeatures } from "../hyperv/mod.ts";
 import { setupEnlightenments } from "./enlightenments.ts";
+import { type ControlTarget, serveControl } from "./control.ts";
 import { VmbusServer } from "../vmbus/mod.ts";
 import { openDisk, ScsiController, ScsiDisk, StorvspDevice } from "../devices/storage/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
@@ -100,6 +101,10 @@ export async function runVm(config: VmConfig): Promise<number> {
   }
   // Disks outlive guest resets, like the controller they hang off.
   const scsi = await openScsiController(config);
+  let controlTarget: ControlTarget | undefined;
+  const control = config.controlPath
+    ? serveControl(config.controlPath, () => controlTarget)
+    : undefined;
   const serialFd = openSerial(config);
   const raw = enterRawMode(config);
   // The CMOS (clock offset and NVRAM) is battery-backed: it survives guest resets.
@@ -118,6 +123,7 @@ export async function runVm(config: VmConfig): Promise<number> {
         cmos,
         features,
         scsi,
+        publish: (t) => controlTarget = t ? { ...t, boots } : undefined,
       });
       switch (outcome.kind) {
         case "poweroff":
@@ -153,6 +159,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     }
   } finally {
     raw?.restore();
+    control?.close();
     if (serialFd > 2) close(serialFd);
     await scsi?.close();
   }
@@ -233,6 +240,8 @@ interface BootInputs {
   cmos: SharedArrayBuffer;
   features: HvFeatures;
   scsi: { controller: ScsiController } | undefined;
+  /** Makes the running VM reachable from the control socket (undefined: it stopped). */
+  publish: (target: Omit<ControlTarget, "boots"> | undefined) => void;
 }
 
 async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise<BootOutcome> {
@@ -337,6 +346,9 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
         cleanups.push(() => storvsp.close());
       }
     }
+
+    inputs.publish({ cpus: config.cpus, vmbus, ics });
+    cleanups.push(() => inputs.publish(undefined));
 
     // 7. Start the vCPUs.
     for (let i = 0; i < config.cpus; i++) {

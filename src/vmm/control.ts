@@ -1,0 +1,152 @@
+/**
+ * The control socket (`--control PATH`): a unix socket speaking JSON lines. Each request is one
+ * JSON object with a `cmd`; each answer is one JSON object with `ok` and the result or `error`.
+ *
+ * ```
+ * {"cmd":"status"}                         → {"ok":true,"boots":1,"heartbeat":{…},…}
+ * {"cmd":"shutdown"} / {"cmd":"reboot"}    → {"ok":true,"status":0}  (through the shutdown IC)
+ * {"cmd":"kvp-get","key":"K","pool":0}     → {"ok":true,"value":"V"}
+ * {"cmd":"kvp-set","key":"K","value":"V"}  → {"ok":true}
+ * {"cmd":"channels"}                       → {"ok":true,"channels":[{relid,device,state,ringFill,…}]}
+ * ```
+ * @module
+ */
+import type { IntegrationComponents } from "../devices/ic/mod.ts";
+import type { VmbusServer } from "../vmbus/mod.ts";
+import { getLogger } from "../util/log.ts";
+
+const log = getLogger("cli", "control");
+
+/** What the control socket can reach in the running VM; replaced at every (re)boot. */
+export interface ControlTarget {
+  boots: number;
+  cpus: number;
+  vmbus: VmbusServer | undefined;
+  ics: IntegrationComponents | undefined;
+}
+
+/** Largest request line accepted (bytes). */
+const MAX_LINE = 64 * 1024;
+
+/** Answers one request; never throws (errors become `{ok:false,error}`). */
+export async function handleControlRequest(
+  line: string,
+  target: ControlTarget | undefined,
+): Promise<Record<string, unknown>> {
+  let req: Record<string, unknown>;
+  try {
+    const v = JSON.parse(line);
+    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not an object");
+    req = v;
+  } catch (e) {
+    return { ok: false, error: `bad request: ${(e as Error).message}` };
+  }
+  if (!target) return { ok: false, error: "the VM is not running" };
+  const ics = target.ics;
+  try {
+    switch (req.cmd) {
+      case "status":
+        return {
+          ok: true,
+          boots: target.boots,
+          cpus: target.cpus,
+          vmbus: target.vmbus?.connection ? "connected" : "not connected",
+          heartbeat: ics?.heartbeat.health ?? null,
+        };
+      case "shutdown":
+      case "reboot": {
+        if (!ics?.shutdown.isReady) {
+          return { ok: false, error: "the guest's shutdown IC is not ready" };
+        }
+        const r = await ics.shutdown.request(req.cmd === "shutdown" ? "poweroff" : "reboot");
+        return { ok: r.accepted, status: r.status };
+      }
+      case "kvp-get": {
+        if (!ics) return { ok: false, error: "no VMBus" };
+        if (typeof req.key !== "string") return { ok: false, error: "kvp-get needs a string key" };
+        const pool = typeof req.pool === "number" ? req.pool : 0;
+        const found = await ics.kvp.lookup(pool, req.key);
+        return { ok: true, value: found ?? null };
+      }
+      case "kvp-set": {
+        if (!ics) return { ok: false, error: "no VMBus" };
+        if (typeof req.key !== "string" || typeof req.value !== "string") {
+          return { ok: false, error: "kvp-set needs string key and value" };
+        }
+        await ics.kvp.set(0, req.key, req.value);
+        return { ok: true };
+      }
+      case "channels":
+        return { ok: true, channels: target.vmbus?.channels() ?? [] };
+      default:
+        return { ok: false, error: `unknown cmd ${JSON.stringify(req.cmd)}` };
+    }
+  } catch (e) {
+    return { ok: false, error: (e as Error).message };
+  }
+}
+
+/** Serves the control socket at `path` until `close()`. */
+export function serveControl(
+  path: string,
+  getTarget: () => ControlTarget | undefined,
+): { close(): void } {
+  try {
+    Deno.removeSync(path);
+  } catch { /* not there */ }
+  const listener = Deno.listen({ transport: "unix", path });
+  const conns = new Set<Deno.Conn>();
+  (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      serveConn(conn, getTarget).finally(() => conns.delete(conn));
+    }
+  })().catch(() => {});
+  return {
+    close() {
+      listener.close();
+      for (const c of conns) c.close();
+      try {
+        Deno.removeSync(path);
+      } catch { /* gone */ }
+    },
+  };
+}
+
+async function serveConn(
+  conn: Deno.Conn,
+  getTarget: () => ControlTarget | undefined,
+): Promise<void> {
+  const enc = new TextEncoder();
+  const dec = new TextDecoder();
+  let buf = "";
+  try {
+    for await (const chunk of conn.readable) {
+      buf += dec.decode(chunk, { stream: true });
+      if (buf.length > MAX_LINE && !buf.includes("\n")) {
+        await conn.write(
+          enc.encode(JSON.stringify({ ok: false, error: "request too long" }) + "\n"),
+        );
+        return;
+      }
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        if (line === "") continue;
+        const answer = await handleControlRequest(line, getTarget());
+        await conn.write(
+          enc.encode(
+            JSON.stringify(answer, (_k, v) => typeof v === "bigint" ? String(v) : v) + "\n",
+          ),
+        );
+      }
+    }
+  } catch (e) {
+    log.debug("control connection ended: {error}", { error: String(e) });
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed */ }
+  }
+}
