@@ -12,7 +12,7 @@
  */
 import { C, libc, sigset } from "../../ffi/libc.ts";
 import { KVM, KVM_STRUCT } from "../../ffi/kvm_abi.ts";
-import { type Vcpu } from "./vcpu.ts";
+import type { Vcpu } from "./vcpu.ts";
 
 /** The real-time signal used to kick vCPU threads (SIGRTMIN+6; glibc reserves 32 and 33). */
 export const KICK_SIGNAL = 40;

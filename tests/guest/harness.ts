@@ -64,8 +64,8 @@ export interface GuestSpec extends Omit<InitramfsOptions, "markerPrefix"> {
   /** Type `text` into the VMM's stdin (the guest's serial console) once the console shows
    * `after`. */
   readonly input?: { readonly after: string; readonly text: string };
-  /** Send `signal` to the VMM once the console shows `after`. */
-  readonly signalAfter?: { readonly after: string; readonly signal: Deno.Signal };
+  /** Called with the VMM process right after it is spawned (to signal it, for example). */
+  readonly onSpawn?: (child: Deno.ChildProcess) => void;
 }
 
 /** What one boot produced: the serial report plus how the VMM ended. */
@@ -222,8 +222,8 @@ export async function bootGuest(spec: GuestSpec): Promise<GuestRun> {
     stdout: "piped",
     stderr: "piped",
   }).spawn();
+  spec.onSpawn?.(child);
   let pendingInput = spec.input;
-  let pendingSignal = spec.signalAfter;
   const markArrivals = new Map<string, number>();
   const markRe = new RegExp(`${GUEST_MARKER_PREFIX}:mark ([^=\\s]+)=`, "g");
   let scanned = 0;

@@ -3,14 +3,7 @@
  * 512 MiB, sees both, powers off with exit 0, reboots (twice) and honours --no-reboot.
  */
 import assert from "node:assert/strict";
-import {
-  assertGuestOk,
-  assertMark,
-  bootGuest,
-  describeRun,
-  guestEnvironment,
-  guestTest,
-} from "../harness.ts";
+import { assertMark, bootGuest, describeRun, guestEnvironment, guestTest } from "../harness.ts";
 
 guestTest(
   "2 vCPUs and 512 MiB: the guest sees both CPUs and ~512 MiB, reads typed input, powers off fast",

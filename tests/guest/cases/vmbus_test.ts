@@ -48,21 +48,61 @@ guestTest("VMBus 5.3 with the four integration components; time sync fixes a clo
   assert.ok(Math.abs(hostNow - guestNow) < 30, `guest clock ${guestNow} vs host ${hostNow}`);
 });
 
+/** Asks the control socket at `path` one JSON-lines question. */
+async function ask(path: string, req: unknown): Promise<Record<string, unknown>> {
+  const conn = await Deno.connect({ transport: "unix", path });
+  try {
+    await conn.write(new TextEncoder().encode(JSON.stringify(req) + "\n"));
+    let text = "";
+    const buf = new Uint8Array(65536);
+    while (!text.includes("\n")) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      text += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    return JSON.parse(text);
+  } finally {
+    conn.close();
+  }
+}
+
 Deno.test({
-  name: "SIGTERM asks the guest to shut down through the shutdown IC; the VMM exits 0",
+  name:
+    "control socket lists the four open IC channels; SIGTERM shuts the guest down via the shutdown IC",
   ignore: !guestEnvironment().ok,
   async fn() {
-    const run = await bootGuest({
+    const dir = await Deno.makeTempDir();
+    const sock = `${dir}/control.sock`;
+    let child: Deno.ChildProcess | undefined;
+    let channels: { state: string; device: string }[] = [];
+    const running = bootGuest({
       modules: ["hv_vmbus", "hv_utils"],
+      vmmArgs: ["--control", sock],
       // The body idles until the host's shutdown request powers the guest off.
-      script: `echo waiting-for-sigterm; sleep 600`,
+      script: `echo ics-up; sleep 600`,
       // orderly_poweroff() runs /sbin/poweroff; the kit's init is a shell, so make it act.
       files: {
         "/sbin/poweroff": { data: "#!/bin/sh\nexec /bin/busybox poweroff -f\n", mode: 0o755 },
       },
-      signalAfter: { after: "waiting-for-sigterm", signal: "SIGTERM" },
+      onSpawn: (c) => child = c,
     });
+    let done = false;
+    running.finally(() => done = true);
+    // Wait for the guest's hv_utils to open all four channels, then send SIGTERM.
+    for (let i = 0; i < 240 && !done; i++) {
+      await new Promise((r) => setTimeout(r, 1000));
+      const r = await ask(sock, { cmd: "channels" }).catch(() => undefined);
+      channels = (r?.channels as typeof channels) ?? [];
+      if (channels.filter((c) => c.state === "open").length === 4) break;
+    }
+    child?.kill("SIGTERM");
+    const run = await running;
     const ctx = describeRun(run, 30);
+    assert.equal(
+      channels.filter((c) => c.state === "open").length,
+      4,
+      JSON.stringify(channels) + ctx,
+    );
     assert.equal(run.code, 0, ctx);
     assert.match(run.stderr, /asking the guest to shut down/, ctx);
     assert.match(run.serial, /reboot: Power down|Power down/, ctx);

@@ -65,6 +65,8 @@ function fakeRun(serial: string, code: number | null = 0): GuestRun {
     serial,
     stderr: "",
     seconds: 1,
+    endToExitSeconds: undefined,
+    markArrivals: new Map(),
   };
 }
 
