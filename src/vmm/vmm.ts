@@ -107,6 +107,8 @@ export async function runVm(config: VmConfig): Promise<number> {
     : undefined;
   const serialFd = openSerial(config);
   const raw = enterRawMode(config);
+  const consoleInput: ConsoleInput = { target: undefined };
+  const stdin = config.serial.kind === "stdio" ? forwardStdin(consoleInput) : undefined;
   // The CMOS (clock offset and NVRAM) is battery-backed: it survives guest resets.
   const cmos = createPcDeviceState({
     ramBelow4G: map.lowRamEnd,
@@ -123,6 +125,7 @@ export async function runVm(config: VmConfig): Promise<number> {
         cmos,
         features,
         scsi,
+        console: consoleInput,
         publish: (t) => controlTarget = t ? { ...t, boots } : undefined,
       });
       switch (outcome.kind) {
@@ -159,6 +162,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     }
   } finally {
     raw?.restore();
+    stdin?.stop();
     control?.close();
     if (serialFd > 2) close(serialFd);
     await scsi?.close();
@@ -240,6 +244,8 @@ interface BootInputs {
   cmos: SharedArrayBuffer;
   features: HvFeatures;
   scsi: { controller: ScsiController } | undefined;
+  /** Host input for the guest console. */
+  console: ConsoleInput;
   /** Makes the running VM reachable from the control socket (undefined: it stopped). */
   publish: (target: Omit<ControlTarget, "boots"> | undefined) => void;
 }
@@ -403,8 +409,8 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
         loop.stop();
       }
     });
-    const input = config.serial.kind === "stdio" ? forwardStdin(mainDevices.com1) : undefined;
-    cleanups.push(() => input?.stop());
+    inputs.console.target = mainDevices.com1;
+    cleanups.push(() => inputs.console.target = undefined);
     let shutdownAsked = false;
     const signals: [Deno.Signal, () => void][] = (["SIGINT", "SIGTERM"] as const).map((sig) => {
       const force = () => {
@@ -501,8 +507,16 @@ function waitForSignal(): Promise<void> {
   });
 }
 
-/** Forwards stdin to COM1, holding back what the UART's receive ring cannot take yet. */
-function forwardStdin(com1: { pushInput(b: Uint8Array): number }): { stop(): void } {
+/** Where host input goes: the current boot's COM1 (none between boots). */
+interface ConsoleInput {
+  target: { pushInput(b: Uint8Array): number } | undefined;
+}
+
+/**
+ * Forwards stdin to the console's COM1 for the whole run (stdin can be read by one reader only),
+ * holding back what the UART's receive ring cannot take yet.
+ */
+function forwardStdin(input: ConsoleInput): { stop(): void } {
   let stopped = false;
   const reader = Deno.stdin.readable.getReader();
   (async () => {
@@ -512,7 +526,8 @@ function forwardStdin(com1: { pushInput(b: Uint8Array): number }): { stop(): voi
         if (done || !value) return;
         let rest = value;
         while (!stopped && rest.length > 0) {
-          rest = rest.subarray(com1.pushInput(rest));
+          const com1 = input.target;
+          if (com1) rest = rest.subarray(com1.pushInput(rest));
           if (rest.length > 0) await new Promise((r) => setTimeout(r, 5)); // guest is draining
         }
       }

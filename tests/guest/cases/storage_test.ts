@@ -68,17 +68,22 @@ guestTest("storvsc: sizes, host pattern, guest writes, ext2 on qcow2, read-only,
   ],
   script: `
     for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/sdc ] && break; sleep 1; done
-    size() { echo $(( $(cat /sys/block/$1/size) * 512 )); }
-    hd_mark sda_size "$(size sda)"
-    hd_mark sdb_size "$(size sdb)"
-    hd_mark sdc_size "$(size sdc)"
-    hd_mark head "$(dd if=/dev/sda bs=512 count=1 2>/dev/null | head -c ${HEAD.length})"
-    hd_mark tail "$(dd if=/dev/sda bs=512 skip=$(( ${RAW_SIZE} / 512 - 1 )) count=1 2>/dev/null | head -c ${TAIL.length})"
-    echo guest-wrote-this | dd of=/dev/sda bs=512 seek=2048 conv=fsync 2>/dev/null
-    hd_mark ro_write "$(echo x | dd of=/dev/sdc bs=512 count=1 conv=fsync 2>/dev/null && echo allowed || echo refused)"
-    blkdiscard -o $((16 << 20)) -l $((1 << 20)) /dev/sda && hd_mark discard ok
-    mke2fs -q /dev/sdb && mkdir -p /mnt && mount -t ext2 /dev/sdb /mnt &&
-      echo "on qcow2" > /mnt/file && sync && umount /mnt && mount -t ext2 /dev/sdb /mnt &&
+    # Disks probe in parallel: name them by LUN (H:C:T:L of the SCSI device), as given on the CLI.
+    for d in /sys/block/sd*; do
+      lun=$(basename "$(readlink $d/device)" | cut -d: -f4)
+      ln -s /dev/$(basename $d) /dev/lun$lun
+    done
+    size() { echo $(( $(cat /sys/block/$(basename $(readlink $1))/size) * 512 )); }
+    hd_mark sda_size "$(size /dev/lun0)"
+    hd_mark sdb_size "$(size /dev/lun1)"
+    hd_mark sdc_size "$(size /dev/lun2)"
+    hd_mark head "$(dd if=/dev/lun0 bs=512 count=1 2>/dev/null | head -c ${HEAD.length})"
+    hd_mark tail "$(dd if=/dev/lun0 bs=512 skip=$(( ${RAW_SIZE} / 512 - 1 )) count=1 2>/dev/null | head -c ${TAIL.length})"
+    echo guest-wrote-this | dd of=/dev/lun0 bs=512 seek=2048 conv=fsync 2>/dev/null
+    hd_mark ro_write "$(echo x | dd of=/dev/lun2 bs=512 count=1 conv=fsync 2>/dev/null && echo allowed || echo refused)"
+    blkdiscard -o $((16 << 20)) -l $((1 << 20)) /dev/lun0 && hd_mark discard ok
+    mke2fs -q /dev/lun1 && mkdir -p /mnt && mount -t ext2 /dev/lun1 /mnt &&
+      echo "on qcow2" > /mnt/file && sync && umount /mnt && mount -t ext2 /dev/lun1 /mnt &&
       hd_mark fs "$(cat /mnt/file)" && umount /mnt
     sync
   `,

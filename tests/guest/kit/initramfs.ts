@@ -114,8 +114,10 @@ export async function buildInitramfsCpio(options: InitramfsOptions): Promise<Uin
   w.charDevice("dev/console", 5, 1);
   w.charDevice("dev/null", 1, 3, 0o666);
   addFile("bin/busybox", busybox.image, 0o755);
+  // A test's own files replace busybox applets of the same path (e.g. /sbin/poweroff).
+  const own = new Set(Object.keys(options.files ?? {}).map((p) => p.replace(/^\/+/, "")));
   for (const applet of busybox.applets) {
-    if (applet === "bin/busybox" || w.has(applet)) continue;
+    if (applet === "bin/busybox" || w.has(applet) || own.has(applet)) continue;
     const slash = applet.lastIndexOf("/");
     if (slash > 0) ensureDir(applet.slice(0, slash));
     w.symlink(applet, "/bin/busybox");
