@@ -7,43 +7,12 @@
 import type { GuestMemory } from "../kvm/guest_memory.ts";
 import { PAGE_SIZE } from "../kvm/guest_memory.ts";
 
-const SPINS_BEFORE_SLEEP = 100;
-
-/**
- * Takes the lock in `i32[index]` of a SharedArrayBuffer (0 free, 1 held, 2 held with waiters:
- * the classic futex mutex). Critical sections guarded by these locks are a handful of loads and
- * stores plus at most one guest-memory copy and one MSI; they never call back into code that
- * could take the same lock. A short spin covers the common case; after that the thread sleeps
- * in `Atomics.wait` (allowed on Deno's main thread too) so a preempted holder is not starved
- * of CPU by its waiters.
- */
-export function spinLock(i32: Int32Array, index: number): void {
-  let c = Atomics.compareExchange(i32, index, 0, 1);
-  for (let i = 0; c !== 0 && i < SPINS_BEFORE_SLEEP; i++) {
-    c = Atomics.compareExchange(i32, index, 0, 1);
-  }
-  if (c === 0) return;
-  if (c !== 2) c = Atomics.exchange(i32, index, 2);
-  while (c !== 0) {
-    Atomics.wait(i32, index, 2, 1);
-    c = Atomics.exchange(i32, index, 2);
-  }
-}
-
-/** Releases a lock taken with `spinLock`, waking one sleeper if there is any. */
-export function spinUnlock(i32: Int32Array, index: number): void {
-  if (Atomics.exchange(i32, index, 0) === 2) Atomics.notify(i32, index, 1);
-}
-
-/** Runs `fn` holding the lock in `i32[index]`. */
-export function withLock<R>(i32: Int32Array, index: number, fn: () => R): R {
-  spinLock(i32, index);
-  try {
-    return fn();
-  } finally {
-    spinUnlock(i32, index);
-  }
-}
+/** The shared-state lock (see `src/util/shared_lock.ts`), under the names this layer uses. */
+export {
+  lockAcquire as spinLock,
+  lockRelease as spinUnlock,
+  withLock,
+} from "../util/shared_lock.ts";
 
 /** Guest page address (bits 63:12) of a page MSR value, as a number. */
 export function pageGpa(msr: bigint): number {
