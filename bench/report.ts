@@ -96,8 +96,9 @@ async function main(): Promise<number> {
     console.error(`  ${f.name}: ${r.rounds} rounds`);
     return r;
   });
-  console.log(`Measured on ${machineDescription()}, ${today()}; each ratio is the median of`);
-  console.log("per-round ratios, hyperdeno and its floor interleaved in the same process.\n");
+  console.log(`Measured on ${machineDescription()}, ${today()}.`);
+  console.log("Each ratio is the median of per-round ratios, hyperdeno and its floor measured");
+  console.log("interleaved in the same process.\n");
   console.log(markdownRows(rows(results)));
   for (const s of skipped) console.log(`\nskipped: ${s}`);
   return 0;

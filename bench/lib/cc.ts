@@ -56,6 +56,15 @@ export async function buildRef(name: string): Promise<string> {
     );
   }
   await Deno.rename(tmp, out);
+  // Older builds of the same reference are dead weight.
+  for await (const e of Deno.readDir(CACHE_DIR)) {
+    if (
+      e.name.startsWith(`${name}-`) && e.name.endsWith(".so") &&
+      e.name !== out.pathname.split("/").pop()
+    ) {
+      await Deno.remove(new URL(e.name, CACHE_DIR)).catch(() => {});
+    }
+  }
   return out.pathname;
 }
 
