@@ -75,6 +75,11 @@ export function runVcpu(vcpu: Vcpu, handler: ExitHandler): VcpuStop {
   const R = KVM_STRUCT.kvm_run;
   const run = vcpu.run;
   const dv = vcpu.runView;
+  // The data views handed to handlers: fixed places in kvm_run, built once (no allocation per
+  // exit). PIO data sits at io.data_offset (constant for a vCPU in practice), MMIO data inline.
+  const mmioViews = Array.from({ length: 9 }, (_, n) => run.subarray(R.mmio_data, R.mmio_data + n));
+  let pioOff = -1;
+  const pioViews: Uint8Array[] = [];
   for (;;) {
     const reason = vcpu.runOnce();
     switch (reason) {
@@ -83,7 +88,15 @@ export function runVcpu(vcpu: Vcpu, handler: ExitHandler): VcpuStop {
         const size = run[R.io_size]!;
         const port = dv.getUint16(R.io_port, true);
         const count = dv.getUint32(R.io_count, true);
-        const off = Number(dv.getBigUint64(R.io_data_offset, true));
+        const off = dv.getUint32(R.io_data_offset, true);
+        if (count === 1 && size <= 8) {
+          if (off !== pioOff) {
+            pioOff = off;
+            for (let n = 0; n <= 8; n++) pioViews[n] = run.subarray(off, off + n);
+          }
+          handler.pio(port, write, pioViews[size]!);
+          break;
+        }
         for (let i = 0; i < count; i++) {
           const at = off + i * size;
           handler.pio(port, write, run.subarray(at, at + size));
@@ -96,7 +109,7 @@ export function runVcpu(vcpu: Vcpu, handler: ExitHandler): VcpuStop {
         handler.mmio(
           addr,
           run[R.mmio_is_write] !== 0,
-          run.subarray(R.mmio_data, R.mmio_data + len),
+          len <= 8 ? mmioViews[len]! : run.subarray(R.mmio_data, R.mmio_data + len),
         );
         break;
       }

@@ -63,8 +63,20 @@ export class Layout<F extends Record<string, FieldSpec>> {
   /** Reads one field of the struct starting at `base` in `bytes`. Throws RangeError if short. */
   get<K extends keyof F>(bytes: Uint8Array, base: number, key: K): FieldValue<F[K]["type"]> {
     const f = this.fields[key]!;
+    const at = base + f.offset;
+    const t = f.type;
+    // Small integers straight from the bytes: no DataView allocated per access.
+    if (t === "u8" || t === "u16" || t === "u32" || t === "i32") {
+      const w = t === "u8" ? 1 : t === "u16" ? 2 : 4;
+      if (at < 0 || at + w > bytes.length) throw new RangeError("field past end of buffer");
+      if (t === "u8") return bytes[at]! as FieldValue<F[K]["type"]>;
+      if (t === "u16") return (bytes[at]! | (bytes[at + 1]! << 8)) as FieldValue<F[K]["type"]>;
+      const v = bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) |
+        (bytes[at + 3]! << 24);
+      return (t === "u32" ? v >>> 0 : v) as FieldValue<F[K]["type"]>;
+    }
     const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    return readField(dv, base + f.offset, f.type) as FieldValue<F[K]["type"]>;
+    return readField(dv, at, t) as FieldValue<F[K]["type"]>;
   }
 
   /** Writes one field of the struct starting at `base` in `bytes`. */
