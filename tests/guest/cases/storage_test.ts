@@ -82,8 +82,8 @@ guestTest("storvsc: sizes, host pattern, guest writes, ext2 on qcow2, read-only,
     echo guest-wrote-this | dd of=/dev/lun0 bs=512 seek=2048 conv=fsync 2>/dev/null
     hd_mark ro_write "$(echo x | dd of=/dev/lun2 bs=512 count=1 conv=fsync 2>/dev/null && echo allowed || echo refused)"
     blkdiscard -o $((16 << 20)) -l $((1 << 20)) /dev/lun0 && hd_mark discard ok
-    mke2fs -q /dev/lun1 && mkdir -p /mnt && mount -t ext2 /dev/lun1 /mnt &&
-      echo "on qcow2" > /mnt/file && sync && umount /mnt && mount -t ext2 /dev/lun1 /mnt &&
+    q=$(readlink -f /dev/lun1); mke2fs -q $q && mkdir -p /mnt && mount -t ext4 $q /mnt &&
+      echo "on qcow2" > /mnt/file && sync && umount /mnt && mount -t ext4 $q /mnt &&
       hd_mark fs "$(cat /mnt/file)" && umount /mnt
     sync
   `,
