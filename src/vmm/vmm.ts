@@ -4,7 +4,7 @@
  * (rebuild and boot again) or die.
  * @module
  */
-import { C, close, eventfd, eventfdDrain, libc, open } from "../../ffi/libc.ts";
+import { C, close, eventfd, eventfdDrain, eventfdSignal, libc, open } from "../../ffi/libc.ts";
 import { KVM } from "../../ffi/kvm_abi.ts";
 import { GuestMemory } from "../kvm/guest_memory.ts";
 import { type CpuidEntry, Kvm } from "../kvm/kvm.ts";
@@ -288,7 +288,8 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       rtc: inputs.cmos,
     };
     const powerState = SharedPowerControl.createState();
-    const power = new SharedPowerControl(powerState, () => loop.stop());
+    // Requests from this thread take the same path as the vCPUs' (the power eventfd).
+    const power = new SharedPowerControl(powerState, () => eventfdSignal(powerFd));
     const mainDevices = attachPcDevices(deviceState, {
       irq: (gsi) => vm.interrupts.irqLine(gsi),
       power,

@@ -56,7 +56,7 @@ const rawBlocksBefore = haveQemuImg ? blocks(RAW) : 0;
 
 guestTest("storvsc: sizes, host pattern, guest writes, ext2 on qcow2, read-only, discard", {
   cpus: 2,
-  modules: ["hv_vmbus", "hv_storvsc", "sd_mod", "ext4"],
+  modules: ["hv_vmbus", "hv_storvsc", "sd_mod", "ext4", "crc32c_generic"],
   timeoutMs: 300_000,
   vmmArgs: [
     "--disk",
