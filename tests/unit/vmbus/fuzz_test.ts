@@ -13,31 +13,12 @@ import { MAX_MESSAGE_SIZE, VmPacketType } from "../../../src/vmbus/protocol.ts";
 import type { RingPacket } from "../../../src/vmbus/ring.ts";
 import { encodePacket } from "../../../src/vmbus/testing/guest_ring.ts";
 import { type GuestChannel, LoopbackGuest } from "../../../src/vmbus/testing/loopback_guest.ts";
+import { prng, type Rng } from "../prng.ts";
 
 const SEED = Number(Deno.env.get("VMBUS_FUZZ_SEED") ?? 0x5eed1234);
 // At least 50k mutated inputs each (80% / 80% of the steps), 100k+ in all.
 const CONTROL_ITERATIONS = 70_000;
 const RING_ITERATIONS = 70_000;
-
-/** mulberry32: small, fast, deterministic. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    next,
-    int: (n: number) => Math.floor(next() * n),
-    pick<T>(xs: readonly T[]): T {
-      return xs[Math.floor(next() * xs.length)]!;
-    },
-  };
-}
-type Rng = ReturnType<typeof prng>;
 
 const INTERESTING_U32 = [
   0,

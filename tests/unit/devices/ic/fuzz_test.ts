@@ -9,30 +9,11 @@
 import { assert, bringUp, captureLogs, type Rig } from "./harness.ts";
 import { HEARTBEAT_GUID, KVP_GUID, SHUTDOWN_GUID, TS_GUID } from "./linux_hv_utils.ts";
 import { encodePacket } from "../../../../src/vmbus/testing/guest_ring.ts";
+import { prng, type Rng } from "../../prng.ts";
 
 const SEED = Number(Deno.env.get("IC_FUZZ_SEED") ?? 0x1c5eed);
 const MUTATED_PACKETS = 24_000;
 const CLASSES = [SHUTDOWN_GUID, TS_GUID, HEARTBEAT_GUID, KVP_GUID];
-
-/** mulberry32. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    next,
-    int: (n: number) => Math.floor(next() * n),
-    pick<T>(xs: readonly T[]): T {
-      return xs[Math.floor(next() * xs.length)]!;
-    },
-  };
-}
-type Rng = ReturnType<typeof prng>;
 
 const INTERESTING = [0, 1, 2, 3, 4, 5, 7, 8, 0x10, 0x64, 0x65, 0xff, 0x100, 0x7fff, 0x8000, 0xffff];
 const INTERESTING32 = [

@@ -18,27 +18,10 @@ import {
   StorvscGuest,
   vstorPacket,
 } from "./helpers.ts";
+import { prng } from "../../prng.ts";
 
 const SEED = Number(Deno.env.get("STORVSP_FUZZ_SEED") ?? 0x5c5105);
 const ITERATIONS = 24_000;
-
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    int: (n: number) => Math.floor(next() * n),
-    chance: (p: number) => next() < p,
-    pick<T>(xs: readonly T[]): T {
-      return xs[Math.floor(next() * xs.length)]!;
-    },
-  };
-}
 
 const INTERESTING = [0, 1, 2, 7, 8, 0x10, 0x3f, 0x40, 0x7f, 0x80, 0xfe, 0xff];
 const INTERESTING_U32 = [0, 1, 511, 512, 4095, 4096, 4097, 65536, 0x7fff_ffff, 0xffff_ffff];
