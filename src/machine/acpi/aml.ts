@@ -370,17 +370,19 @@ export function qwordMemory(
   return Uint8Array.of(0x8a, ...u16(body.length), ...body);
 }
 
-/** `WordBusNumber(...)`: a fixed range of PCI bus numbers `[base, base+length)`. */
-export function wordBusNumber(
+/** A Word Address Space descriptor (0x88) of `resourceType` for `[base, base+length)`. */
+function wordAddressSpace(
+  resourceType: number,
+  typeFlags: number,
   base: number,
   length: number,
-  options: AddressSpaceOptions = {},
+  options: AddressSpaceOptions,
 ): Uint8Array {
   const [b, l] = checkRange(base, length, 0xffffn);
   const body = [
-    0x02,
+    resourceType,
     generalFlags(options),
-    0x00,
+    typeFlags,
     ...u16(0),
     ...u16(Number(b)),
     ...u16(Number(b + l - 1n)),
@@ -390,24 +392,22 @@ export function wordBusNumber(
   return Uint8Array.of(0x88, ...u16(body.length), ...body);
 }
 
+/** `WordBusNumber(...)`: a fixed range of PCI bus numbers `[base, base+length)`. */
+export function wordBusNumber(
+  base: number,
+  length: number,
+  options: AddressSpaceOptions = {},
+): Uint8Array {
+  return wordAddressSpace(0x02, 0x00, base, length, options);
+}
+
 /** `WordIO(...)`: a fixed range of I/O ports `[base, base+length)` (entire ISA/non-ISA). */
 export function wordIo(
   base: number,
   length: number,
   options: AddressSpaceOptions = {},
 ): Uint8Array {
-  const [b, l] = checkRange(base, length, 0xffffn);
-  const body = [
-    0x01,
-    generalFlags(options),
-    0x03,
-    ...u16(0),
-    ...u16(Number(b)),
-    ...u16(Number(b + l - 1n)),
-    ...u16(0),
-    ...u16(Number(l)),
-  ];
-  return Uint8Array.of(0x88, ...u16(body.length), ...body);
+  return wordAddressSpace(0x01, 0x03, base, length, options);
 }
 
 /** `Memory32Fixed(ReadWrite|ReadOnly, base, length)`. */
