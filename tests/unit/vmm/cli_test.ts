@@ -26,6 +26,11 @@ const BAD: [string[], RegExp][] = [
   [["--kernel", "k", "extra"], /positional/],
   [["--kernel", "k", "--on-crash", "explode"], /--on-crash/],
   [["--kernel", "k", "--log-level", "chatty"], /--log-level/],
+  [["--kernel", "k", "--hv", "stimer"], /stimer needs synic/],
+  [["--kernel", "k", "--hv", "relaxed,warp-drive"], /warp-drive/],
+  [["--kernel", "k", "--disk", "path=/x,format=vmdk"], /format/],
+  [["--kernel", "k", "--shutdown-timeout", "soon"], /--shutdown-timeout/],
+  [["--kernel", "k", "--rtc-offset", "yesterday"], /--rtc-offset/],
 ];
 for (const [args, re] of BAD) {
   Deno.test(`boot arguments rejected: ${args.join(" ") || "(none)"}`, () => {
