@@ -132,6 +132,12 @@ async function missingKitPackages(): Promise<string[]> {
   }
   // The storage guest tests make and check qcow2 images with qemu-img.
   if (!which("qemu-img")) missing.push("qemu-utils");
+  // The KVP guest test runs Debian's own hv_kvp_daemon inside the guest.
+  try {
+    Deno.statSync("/usr/sbin/hv_kvp_daemon");
+  } catch {
+    missing.push("hyperv-daemons");
+  }
   return missing;
 }
 

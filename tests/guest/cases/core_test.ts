@@ -21,6 +21,7 @@ guestTest(
     hd_mark memtotal_kib "$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
     hd_mark e820_ram "$(dmesg | grep -c 'BIOS-e820: .* usable')"
     hd_mark rtc_year "$(date +%Y)"
+    hd_mark hypervisor "$(dmesg | grep -o 'Hypervisor detected: [A-Za-z -]*' | head -1)"
   `,
   },
   (run) => {
@@ -34,6 +35,8 @@ guestTest(
     );
     assertMark(run, "rtc_year", String(new Date().getUTCFullYear()));
     assertMark(run, "typed", "hello from the host");
+  // --hv none: a plain KVM guest (KVM's own CPUID leaves, kvm-clock), no Hyper-V identity.
+  assertMark(run, "hypervisor", "Hypervisor detected: KVM");
     // poweroff -f must end the VMM promptly (the issue asks for 2 s).
     assert.ok(
       run.endToExitSeconds !== undefined && run.endToExitSeconds < 2,
