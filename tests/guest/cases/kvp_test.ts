@@ -58,6 +58,8 @@ Deno.test({
       files: daemonFiles(),
       script: `
         mkdir -p /var/lib/hyperv
+        # hv_utils creates /dev/vmbus/hv_kvp when the KVP channel is probed, after insmod returns.
+        for i in $(seq 1 60); do [ -e /dev/vmbus/hv_kvp ] && break; sleep 1; done
         ${DAEMON} -n >/dev/null 2>&1 &
         for i in $(seq 1 120); do
           grep -q hyperdeno-value /var/lib/hyperv/.kvp_pool_0 2>/dev/null && break
