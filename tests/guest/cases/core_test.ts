@@ -35,8 +35,8 @@ guestTest(
     );
     assertMark(run, "rtc_year", String(new Date().getUTCFullYear()));
     assertMark(run, "typed", "hello from the host");
-  // --hv none: a plain KVM guest (KVM's own CPUID leaves, kvm-clock), no Hyper-V identity.
-  assertMark(run, "hypervisor", "Hypervisor detected: KVM");
+    // --hv none: a plain KVM guest (KVM's own CPUID leaves, kvm-clock), no Hyper-V identity.
+    assertMark(run, "hypervisor", "Hypervisor detected: KVM");
     // poweroff -f must end the VMM promptly (the issue asks for 2 s).
     assert.ok(
       run.endToExitSeconds !== undefined && run.endToExitSeconds < 2,
