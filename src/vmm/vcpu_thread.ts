@@ -5,7 +5,7 @@
  * whose state is shared through SharedArrayBuffers.
  * @module
  */
-import { libc } from "../../ffi/libc.ts";
+import { eventfdSignal, libc } from "../../ffi/libc.ts";
 import type { CpuidEntry } from "../kvm/kvm.ts";
 import { GuestMemory } from "../kvm/guest_memory.ts";
 import { REG, Vcpu } from "../kvm/vcpu.ts";
@@ -119,9 +119,7 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
     control.publishThread(armKicks(vcpu));
 
     const interrupts = new VmInterrupts(init.vmFd);
-    const power = new SharedPowerControl(init.power, () => {
-      libc.write(init.powerEventfd, new Uint8Array(new BigUint64Array([1n]).buffer), 8n);
-    });
+    const power = new SharedPowerControl(init.power, () => eventfdSignal(init.powerEventfd));
     const serialFd = init.serialFd;
     const devices = attachPcDevices(init.devices, {
       irq: (gsi) => interrupts.irqLine(gsi),
