@@ -12,17 +12,10 @@
  */
 import { hasFeature, hvEnabled, type HvFeatures } from "./features.ts";
 import * as T from "./tlfs.ts";
+import type { CpuidEntry } from "../kvm/kvm.ts";
 
-/** One CPUID leaf, shaped like `struct kvm_cpuid_entry2` (flags kept when present). */
-export interface CpuidEntry {
-  function: number;
-  index: number;
-  flags?: number;
-  eax: number;
-  ebx: number;
-  ecx: number;
-  edx: number;
-}
+/** One CPUID leaf: the KVM layer's `struct kvm_cpuid_entry2` shape, so leaves pass straight through. */
+export type { CpuidEntry };
 
 /** Hypervisor version reported in leaf 0x40000002. */
 export interface HvVersion {
@@ -68,7 +61,15 @@ function signature(text: string): [number, number, number] {
 }
 
 function leaf(fn: number, eax = 0, ebx = 0, ecx = 0, edx = 0): CpuidEntry {
-  return { function: fn, index: 0, eax: eax >>> 0, ebx: ebx >>> 0, ecx: ecx >>> 0, edx: edx >>> 0 };
+  return {
+    function: fn,
+    index: 0,
+    flags: 0,
+    eax: eax >>> 0,
+    ebx: ebx >>> 0,
+    ecx: ecx >>> 0,
+    edx: edx >>> 0,
+  };
 }
 
 /** True when the feature set grants HV_ACCESS_TSC_INVARIANT (and so TSC_INVARIANT_CONTROL). */

@@ -88,7 +88,7 @@ export function setupEnlightenments(options: {
     vpCount: cpus,
     kvmLeaves: options.kvmLeaves,
     invariantTsc,
-  }).map((e) => ({ ...e, flags: e.flags ?? 0 }));
+  });
   const ranges = hvMsrFilterRanges(features);
   if (ranges.length > 0) vm.routeMsrsToUserSpace(ranges);
   const measured = measureGuestTsc(options.vcpu0, rdtsc);

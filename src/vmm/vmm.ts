@@ -16,7 +16,6 @@ import { type ControlTarget, serveControl } from "./control.ts";
 import { VmbusServer } from "../vmbus/mod.ts";
 import { openDisk, ScsiController, ScsiDisk, StorvspDevice } from "../devices/storage/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
-import type { Vm } from "../kvm/vm.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
 import { loadLinux } from "../machine/linux_boot.ts";
 import { buildMemoryMap, type MemoryMap } from "../machine/memory_map.ts";
@@ -541,5 +540,3 @@ function forwardStdin(input: ConsoleInput): { stop(): void } {
     },
   };
 }
-
-export type { Vm };
