@@ -1,7 +1,8 @@
 /**
- * VMBus ring throughput (`deno bench -A bench/ring_bench.ts`): the production host ring code
- * writing and reading 64 B, 256 B, 1500 B and 64 KiB packets through rings laid out as in guest
- * memory, beside memcpy of the same bytes and a C ring with the same layout (built with cc).
+ * VMBus ring throughput (`deno bench -A bench/ring_bench.ts`): a device's channel on the
+ * production VMBus server writing and reading 64 B, 256 B, 1500 B and 64 KiB packets through
+ * rings laid out as in guest memory, beside memcpy of the same bytes at the same ring offsets
+ * and a C ring with the same layout and work (built with cc).
  * See `lib/ring_figures.ts` for what each figure includes.
  * @module
  */

@@ -1,38 +1,42 @@
 /**
- * VMBus ring throughput figures: the production host side (`src/vmbus/ring.ts`, opened with
- * `openRingPair` from a GPADL, as the VMBus server opens a channel) over rings laid out exactly
- * as in guest memory (a `GuestMemory` over an ArrayBuffer, rings initialised by the guest side
- * of `src/vmbus/testing`), beside a plain memcpy of the same payload bytes and a C ring
+ * VMBus ring throughput figures: the production host path a device uses, a `Channel` of a
+ * `VmbusServer` opened by a Linux-like guest (`src/vmbus/testing` `LoopbackGuest`), over rings
+ * laid out exactly as in guest memory, beside a plain memcpy of the same bytes and a C ring
  * (`bench/ref/ring.c`, same layout, same work) called through FFI.
  *
- * - **write** (host to guest): `OutgoingRing.writePacket` of an in-band packet; the guest then
- *   releases the space (read index = write index, one store: a guest that consumes in place).
- * - **read** (guest to host): the guest publishes a packet (descriptor and trailer written, write
- *   index moved; the payload is whatever the ring holds), the host `readPacket`s it, copies the
- *   payload out (what a device does with data it keeps) and `commitRead`s.
+ * - **write** (host to guest): the device's `Channel.send` of an in-band packet (ring write,
+ *   flow-control and signalling decision); the guest then releases the space (read index =
+ *   write index, one store: a guest that consumes in place) and keeps its interrupts masked, as
+ *   a guest that polls a busy ring does, so no interrupt is raised.
+ * - **read** (guest to host): the guest publishes a packet (descriptor and trailer written,
+ *   write index moved; the payload is whatever the ring holds) and signals the channel
+ *   (`VmbusServer.onSignalEvent`, the HvSignalEvent handler); the channel's read loop masks
+ *   interrupts, reads the packet, hands it to the device, whose `onPacket` copies the payload
+ *   into its own buffer (`RingPacket.copyPayload`: what a device does with data it keeps),
+ *   publishes the read index (`pending_send_sz` check), unmasks and re-checks the ring.
+ * - **memcpy** floors copy the same bytes: the payload into (write) or out of (read) a ring
+ *   data area at the offsets the packets' payloads occupy, split in two where a payload wraps
+ *   around the end of the ring, as any ring reader must.
  *
  * Before measuring, each fixture is checked end to end: packets the host writes are read back by
  * the guest-side reader (`GuestRingReader`, Linux's algorithm), packets the guest-side writer
- * (`GuestRingWriter`) writes are read by the host, and the C ring's packets pass the same reader.
+ * (`GuestRingWriter`) writes reach the device intact, and the C ring's packets pass the same
+ * reader.
  * @module
  */
 import assert from "node:assert/strict";
 import { GuestMemory } from "../../src/kvm/guest_memory.ts";
-import { Gpadl } from "../../src/vmbus/gpadl.ts";
+import type { Channel } from "../../src/vmbus/channel.ts";
+import type { VmbusDevice } from "../../src/vmbus/device.ts";
 import { RingControlWord, VmPacketType } from "../../src/vmbus/protocol.ts";
-import {
-  type IncomingRing,
-  openRingPair,
-  type OutgoingRing,
-  packetSize,
-  WriteResult,
-} from "../../src/vmbus/ring.ts";
+import { packetSize, type RingPacket } from "../../src/vmbus/ring.ts";
 import {
   encodePacket,
+  type GuestChannel,
   GuestRingReader,
   GuestRingView,
-  GuestRingWriter,
-} from "../../src/vmbus/testing/guest_ring.ts";
+  LoopbackGuest,
+} from "../../src/vmbus/testing/mod.ts";
 import { openRef } from "./cc.ts";
 import type { Figure, Subject } from "./measure.ts";
 
@@ -40,7 +44,7 @@ const PAGE = 4096;
 /** Data pages per ring: 256 KiB, room for a 64 KiB packet several times over. */
 export const RING_DATA_PAGES = 64;
 const RING_DATA = RING_DATA_PAGES * PAGE;
-/** Where the ring GPADL starts in guest memory. */
+/** Where the C ring's pages start in its guest memory. */
 const RING_GPA = 0x10000;
 const MEMORY_SIZE = 1 << 20;
 
@@ -64,65 +68,79 @@ const REF_SYMBOLS = {
 
 type RefLib = Deno.DynamicLibrary<typeof REF_SYMBOLS>;
 
-/** Guest RAM holding one channel's ring GPADL: incoming ring pages, then outgoing ring pages. */
-interface RingMemory {
-  memory: GuestMemory;
-  bytes: Uint8Array<ArrayBuffer>;
-  /** GPAs of the guest-to-host ring (control page first) and of the host-to-guest ring. */
-  upstreamGpas: number[];
-  downstreamGpas: number[];
+/** 32-bit words over `length` bytes of guest RAM at `gpa`. */
+function words(memory: GuestMemory, gpa: number, length: number): Uint32Array {
+  const b = memory.slice(gpa, length);
+  return new Uint32Array(b.buffer, b.byteOffset, length / 4);
 }
 
-function ringMemory(): RingMemory {
-  const bytes = new Uint8Array(new ArrayBuffer(MEMORY_SIZE));
-  const memory = new GuestMemory([{ gpa: 0, bytes }]);
-  const pages = 2 * (1 + RING_DATA_PAGES);
-  const gpas = Array.from({ length: pages }, (_, i) => RING_GPA + i * PAGE);
-  const upstreamGpas = gpas.slice(0, 1 + RING_DATA_PAGES);
-  const downstreamGpas = gpas.slice(1 + RING_DATA_PAGES);
-  // The guest initialises both rings (Linux hv_ringbuffer_init).
-  new GuestRingView(memory, upstreamGpas).init();
-  new GuestRingView(memory, downstreamGpas).init();
-  return { memory, bytes, upstreamGpas, downstreamGpas };
+/** A device that keeps what it reads: each payload is copied into `sink`, as storage keeps data. */
+class SinkDevice implements VmbusDevice {
+  readonly classId = "8a8f1e2c-0000-4000-8000-0000000b3e7c";
+  readonly instanceId = "00000000-0000-4000-8000-000000000001";
+  readonly name = "ring-bench";
+  channel: Channel | undefined;
+  /** Packets received and the last one's transaction id (low half). */
+  packets = 0;
+  lastTid = -1;
+  readonly sink: Uint8Array;
+
+  constructor(sinkBytes: number) {
+    this.sink = new Uint8Array(sinkBytes);
+  }
+
+  onOpen(channel: Channel): boolean {
+    this.channel = channel;
+    return true;
+  }
+
+  onPacket(_channel: Channel, packet: RingPacket): boolean {
+    packet.copyPayload(this.sink);
+    this.packets++;
+    this.lastTid = packet.tidLo;
+    return true;
+  }
+
+  onClose(): void {
+    this.channel = undefined;
+  }
 }
 
-/** The ring GPADL as the VMBus server builds it from GPADL_HEADER: one range of whole pages. */
-function ringGpadl(m: RingMemory): Gpadl {
-  const pfns = [...m.upstreamGpas, ...m.downstreamGpas].map((g) => g / PAGE);
-  const data = new Uint8Array(8 + pfns.length * 8);
-  const dv = new DataView(data.buffer);
-  dv.setUint32(0, pfns.length * PAGE, true);
-  dv.setUint32(4, 0, true);
-  pfns.forEach((p, i) => dv.setBigUint64(8 + i * 8, BigInt(p), true));
-  const gpadl = new Gpadl(1, 1, 1, data.length);
-  gpadl.append(data);
-  gpadl.finish(m.memory);
-  return gpadl;
-}
-
-/** Host ring pair opened by the production code, plus raw guest-side words for the fast guest. */
-interface HostFixture {
-  incoming: IncomingRing;
-  outgoing: OutgoingRing;
+/** An open channel between the loopback guest and the production server, with guest-side words. */
+interface ChannelFixture {
+  device: SinkDevice;
+  channel: Channel;
+  guest: GuestChannel;
+  /** Guest-to-host ring: control words and data words (the guest writes them). */
   upCtrl: Uint32Array;
   upData: Uint32Array;
+  /** Host-to-guest ring control words. */
   downCtrl: Uint32Array;
 }
 
-function hostFixture(m: RingMemory): HostFixture {
-  const { incoming, outgoing } = openRingPair(m.memory, ringGpadl(m), 1 + RING_DATA_PAGES);
-  const buf = m.bytes.buffer;
+function channelFixture(len: number): ChannelFixture {
+  const device = new SinkDevice(len + 8);
+  const { guest } = LoopbackGuest.create({ devices: [device], memoryBytes: 4 << 20 });
+  assert.notEqual(guest.connect(), 0);
+  const [offer] = guest.requestOffers();
+  const ring = { sendPages: 1 + RING_DATA_PAGES, recvPages: 1 + RING_DATA_PAGES };
+  const gch = guest.open(offer!, ring);
+  const channel = device.channel;
+  assert(channel, "the bench device was not opened");
+  const mem = guest.memory;
   return {
-    incoming,
-    outgoing,
-    upCtrl: new Uint32Array(buf, m.upstreamGpas[0]!, PAGE / 4),
-    upData: new Uint32Array(buf, m.upstreamGpas[1]!, RING_DATA / 4),
-    downCtrl: new Uint32Array(buf, m.downstreamGpas[0]!, PAGE / 4),
+    device,
+    channel,
+    guest: gch,
+    upCtrl: words(mem, gch.pages[0]!, PAGE),
+    upData: words(mem, gch.pages[1]!, RING_DATA),
+    downCtrl: words(mem, gch.pages[1 + RING_DATA_PAGES]!, PAGE),
   };
 }
 
 const W = RingControlWord.WRITE_INDEX;
 const R = RingControlWord.READ_INDEX;
+const MASK = RingControlWord.INTERRUPT_MASK;
 const WORD_MASK = RING_DATA / 4 - 1;
 
 /**
@@ -156,46 +174,109 @@ function packetsPerBatch(len: number): number {
 
 /** End-to-end check of the production host against the guest-side code, before measuring. */
 function checkHost(len: number): void {
-  const m = ringMemory();
-  const f = hostFixture(m);
-  const reader = new GuestRingReader(new GuestRingView(m.memory, m.downstreamGpas));
-  const writer = new GuestRingWriter(new GuestRingView(m.memory, m.upstreamGpas));
+  const f = channelFixture(len);
   // Enough packets to wrap both rings.
   for (let i = 0; i < Math.ceil((2 * RING_DATA) / packetSize(0, len)) + 2; i++) {
     const payload = pattern(len, i);
-    assert.notEqual(
-      f.outgoing.writePacket(VmPacketType.DATA_INBAND, 0, i, 0, null, payload),
-      WriteResult.FULL,
-    );
-    const got = reader.read().packet!;
+    assert(f.channel.send(payload, { transactionId: BigInt(i) }));
+    const got = f.guest.in.read().packet!;
     assert.equal(got.transactionId, BigInt(i));
     assert.deepEqual(got.payload.subarray(0, len), payload);
+    const packets = f.device.packets;
     assert.notEqual(
-      writer.write(encodePacket(VmPacketType.DATA_INBAND, 0, BigInt(i), new Uint8Array(), payload)),
+      f.guest.sendRaw(
+        encodePacket(VmPacketType.DATA_INBAND, 0, BigInt(i), new Uint8Array(), payload),
+      ),
       "full",
     );
-    const pkt = f.incoming.readPacket()!;
-    assert.equal(pkt.tidLo, i);
-    assert.deepEqual(pkt.payload.subarray(0, len), payload);
-    f.incoming.commitRead();
+    assert.equal(f.device.packets, packets + 1);
+    assert.equal(f.device.lastTid, i);
+    assert.deepEqual(f.device.sink.subarray(0, len), payload);
+    assert.equal(f.upCtrl[R], f.upCtrl[W]);
   }
+  // The bench's fast guest publishes packets the device receives whole, signalled or not.
+  const packets = f.device.packets;
+  guestPublish(f.upCtrl, f.upData, len, 77);
+  f.guest.signalHost();
+  assert.equal(f.device.packets, packets + 1);
+  assert.equal(f.device.lastTid, 77);
 }
 
 /** Checks the C ring's packets with the guest-side reader. */
 function checkRef(lib: RefLib, len: number): void {
-  const m = ringMemory();
+  const m = refMemory();
   const view = new GuestRingView(m.memory, m.downstreamGpas);
   const reader = new GuestRingReader(view);
-  const ctrl = m.memory.slice(m.downstreamGpas[0]!, PAGE) as Uint8Array<ArrayBuffer>;
-  const data = m.memory.slice(m.downstreamGpas[1]!, RING_DATA) as Uint8Array<ArrayBuffer>;
   for (let i = 0; i < Math.ceil((2 * RING_DATA) / packetSize(0, len)) + 2; i++) {
     const payload = pattern(len, i);
     const start = view.writeIndex;
-    assert.equal(lib.symbols.ref_ring_write(ctrl, data, RING_DATA, payload, len, 1), 1);
+    assert.equal(lib.symbols.ref_ring_write(m.downCtrl, m.downData, RING_DATA, payload, len, 1), 1);
     view.readIndex = start; // the C guest step released it: read it again
     const got = reader.read().packet!;
     assert.deepEqual(got.payload.subarray(0, len), payload);
   }
+}
+
+/** Guest RAM for the C ring: guest-to-host ring pages, then host-to-guest ring pages. */
+function refMemory() {
+  const bytes = new Uint8Array(new ArrayBuffer(MEMORY_SIZE));
+  const memory = new GuestMemory([{ gpa: 0, bytes }]);
+  const pages = 2 * (1 + RING_DATA_PAGES);
+  const gpas = Array.from({ length: pages }, (_, i) => RING_GPA + i * PAGE);
+  const upstreamGpas = gpas.slice(0, 1 + RING_DATA_PAGES);
+  const downstreamGpas = gpas.slice(1 + RING_DATA_PAGES);
+  // The guest initialises both rings (Linux hv_ringbuffer_init).
+  new GuestRingView(memory, upstreamGpas).init();
+  new GuestRingView(memory, downstreamGpas).init();
+  const at = (gpa: number, length: number) => memory.slice(gpa, length) as Uint8Array<ArrayBuffer>;
+  return {
+    memory,
+    downstreamGpas,
+    upCtrl: at(upstreamGpas[0]!, PAGE),
+    upData: at(upstreamGpas[1]!, RING_DATA),
+    downCtrl: at(downstreamGpas[0]!, PAGE),
+    downData: at(downstreamGpas[1]!, RING_DATA),
+  };
+}
+
+/**
+ * The memcpy floor: `n` copies of `len` bytes between `buf` and ring data area `area`, at the
+ * ring offsets successive packets' payloads occupy (two copies where a payload wraps).
+ */
+function memcpySubject(
+  area: Uint8Array,
+  buf: Uint8Array,
+  len: number,
+  n: number,
+  direction: "in" | "out",
+): Subject {
+  const footprint = packetSize(0, len);
+  let pos = 0; // packet start, as the ring's write index moves
+  return {
+    label: "memcpy (TypedArray.set)",
+    batch() {
+      for (let i = 0; i < n; i++) {
+        let at = pos + 16;
+        if (at >= RING_DATA) at -= RING_DATA;
+        const first = RING_DATA - at;
+        if (direction === "in") {
+          if (len <= first) area.set(buf, at);
+          else {
+            area.set(buf.subarray(0, first), at);
+            area.set(buf.subarray(first, len), 0);
+          }
+        } else {
+          if (len <= first) buf.set(area.subarray(at, at + len));
+          else {
+            buf.set(area.subarray(at));
+            buf.set(area.subarray(0, len - first), first);
+          }
+        }
+        pos += footprint;
+        if (pos >= RING_DATA) pos -= RING_DATA;
+      }
+    },
+  };
 }
 
 function ringFiguresFor(lib: RefLib, len: number): Figure[] {
@@ -204,75 +285,50 @@ function ringFiguresFor(lib: RefLib, len: number): Figure[] {
   const n = packetsPerBatch(len);
   const label = len % 1024 === 0 ? `${len / 1024} KiB` : `${len} B`;
   const payload = pattern(len, 7);
-  const footprint = packetSize(0, len);
+  // Payload bytes as a device sees them (padded to 8): what the read floor copies too.
+  const paddedLen = (len + 7) & ~7;
 
-  // hyperdeno: production host ring.
-  const host = hostFixture(ringMemory());
-  const sink = new Uint8Array(len + 8);
+  // hyperdeno: a device's channel on the production server.
+  const writer = channelFixture(len);
+  writer.downCtrl[MASK] = 1; // a polling guest: no interrupt per packet
   const hostWrite: Subject = {
-    label: "hyperdeno ring.ts",
+    label: "hyperdeno Channel",
     batch() {
-      const out = host.outgoing;
-      const ctrl = host.downCtrl;
+      const ch = writer.channel;
+      const ctrl = writer.downCtrl;
       for (let i = 0; i < n; i++) {
-        if (
-          out.writePacket(VmPacketType.DATA_INBAND, 0, i, 0, null, payload) === WriteResult.FULL
-        ) {
-          throw new Error("ring full");
-        }
+        if (!ch.send(payload)) throw new Error("ring full");
         ctrl[R] = ctrl[W]!; // guest consumes in place
       }
     },
   };
+  const reader = channelFixture(len);
   const hostRead: Subject = {
-    label: "hyperdeno ring.ts",
+    label: "hyperdeno Channel",
     batch() {
-      const inc = host.incoming;
+      const { upCtrl, upData, guest, device } = reader;
+      const before = device.packets;
       for (let i = 0; i < n; i++) {
-        guestPublish(host.upCtrl, host.upData, len, i);
-        const p = inc.readPacket()!;
-        sink.set(p.data.subarray(p.payloadOffset, p.payloadOffset + p.payloadLength));
-        inc.commitRead();
+        guestPublish(upCtrl, upData, len, i);
+        guest.signalHost();
       }
+      if (device.packets !== before + n) throw new Error("the device missed packets");
     },
   };
 
-  // Floor: memcpy of the payload at rolling offsets in a ring-sized buffer.
-  const area = new Uint8Array(RING_DATA);
-  let pos = 0;
-  const memcpyWrite: Subject = {
-    label: "memcpy (TypedArray.set)",
-    batch() {
-      for (let i = 0; i < n; i++) {
-        if (pos + len > RING_DATA) pos = 0;
-        area.set(payload, pos);
-        pos += footprint;
-      }
-    },
-  };
-  const memcpyRead: Subject = {
-    label: "memcpy (TypedArray.set)",
-    batch() {
-      for (let i = 0; i < n; i++) {
-        if (pos + len > RING_DATA) pos = 0;
-        sink.set(area.subarray(pos, pos + len));
-        pos += footprint;
-      }
-    },
-  };
+  // Floors: memcpy of the same bytes at the same ring offsets.
+  const floorRing = refMemory();
+  const memcpyWrite = memcpySubject(floorRing.downData, payload, len, n, "in");
+  const memcpyRead = memcpySubject(floorRing.upData, new Uint8Array(len + 8), paddedLen, n, "out");
 
   // Reference: the C ring over its own guest memory, same layout.
-  const ref = ringMemory();
-  const upCtrl = ref.memory.slice(ref.upstreamGpas[0]!, PAGE) as Uint8Array<ArrayBuffer>;
-  const upData = ref.memory.slice(ref.upstreamGpas[1]!, RING_DATA) as Uint8Array<ArrayBuffer>;
-  const downCtrl = ref.memory.slice(ref.downstreamGpas[0]!, PAGE) as Uint8Array<ArrayBuffer>;
-  const downData = ref.memory.slice(ref.downstreamGpas[1]!, RING_DATA) as Uint8Array<ArrayBuffer>;
+  const ref = refMemory();
   const cSink = new Uint8Array(len + 8);
   const { ref_ring_write, ref_ring_read } = lib.symbols;
   const cWrite: Subject = {
     label: "C ring (ref/ring.c)",
     batch() {
-      if (ref_ring_write(downCtrl, downData, RING_DATA, payload, len, n) !== n) {
+      if (ref_ring_write(ref.downCtrl, ref.downData, RING_DATA, payload, len, n) !== n) {
         throw new Error("C ring write failed");
       }
     },
@@ -280,7 +336,7 @@ function ringFiguresFor(lib: RefLib, len: number): Figure[] {
   const cRead: Subject = {
     label: "C ring (ref/ring.c)",
     batch() {
-      if (ref_ring_read(upCtrl, upData, RING_DATA, cSink, len, n) !== n) {
+      if (ref_ring_read(ref.upCtrl, ref.upData, RING_DATA, cSink, len, n) !== n) {
         throw new Error("C ring read failed");
       }
     },

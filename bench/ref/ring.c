@@ -1,7 +1,8 @@
 /*
  * Reference VMBus ring in C, for bench/ring_bench.ts: the same layout and the same work per
- * packet as the host side in src/vmbus/ring.ts (OutgoingRing.writePacket,
- * IncomingRing.readPacket + commitRead), written the way a C VMM would (memcpy, one sequentially
+ * packet as the host side in src/vmbus (Channel.send -> OutgoingRing.writePacket; a signal's
+ * read loop in Channel: interrupt mask, IncomingRing.readPacket, the device copying the payload
+ * out, IncomingRing.endRead, re-check), written the way a C VMM would (memcpy, one sequentially
  * consistent store to publish an index), so the ratio measures what TypeScript costs.
  *
  * Layout (hv_ring_buffer): a 4 KiB control page (u32 write index at 0, read index at 4,
@@ -106,9 +107,11 @@ int32_t ref_ring_write(uint8_t *ctrl_page, uint8_t *data, uint32_t size, const u
 }
 
 /*
- * The guest publishes `count` in-band packets of `len` payload bytes one at a time; the host
- * reads each (validating the descriptor as the TypeScript host does), copies the payload into
- * `dst` and publishes its read index. Returns the packets read, or -1 on a corrupt ring.
+ * The guest publishes `count` in-band packets of `len` payload bytes one at a time; for each,
+ * the host runs the read loop of one signal: masks interrupts, reads the packet (validating the
+ * descriptor as the TypeScript host does), copies the payload into `dst`, finds the ring empty,
+ * publishes its read index, unmasks and re-checks. Returns the packets read, or -1 on a
+ * corrupt ring.
  */
 int32_t ref_ring_read(uint8_t *ctrl_page, uint8_t *data, uint32_t size, uint8_t *dst, uint32_t len,
                       uint32_t count) {
@@ -130,7 +133,8 @@ int32_t ref_ring_read(uint8_t *ctrl_page, uint8_t *data, uint32_t size, uint8_t 
     copy_in(data, size, wrap(gw + total, size), (const uint8_t *)trailer, TRAILER);
     ctrl[WRITE_INDEX] = wrap(gw + total + TRAILER, size);
 
-    /* Host: one packet. */
+    /* Host: the read loop of one signal (masking needs no fence, as in IncomingRing). */
+    ctrl[INTERRUPT_MASK] = 1;
     uint32_t w = load(ctrl, WRITE_INDEX);
     if (w >= size || (w & 7)) return -1;
     uint32_t r = next;
@@ -151,10 +155,17 @@ int32_t ref_ring_read(uint8_t *ctrl_page, uint8_t *data, uint32_t size, uint8_t 
     uint32_t hdr = (uint32_t)offset8 * 8;
     copy_out(data, size, wrap(r + hdr, size), dst, plen - hdr);
     next = wrap(r + plen + TRAILER, size);
-    publish(ctrl, READ_INDEX, next);
-    /* pending_send_sz check, as commitRead makes it (the result is not used here). */
+    /* IncomingRing.commitIfGuestWaits: publish at once when the guest waits for space. */
+    if (load(ctrl, PENDING_SEND_SIZE) != 0) publish(ctrl, READ_INDEX, next);
+    if (load(ctrl, WRITE_INDEX) != next) return -1; /* the next read finds the ring empty */
+    /* End of the pass: read index, then the unmask as the one fence (IncomingRing.endRead). */
+    __atomic_store_n(&ctrl[READ_INDEX], next, __ATOMIC_RELEASE); /* a plain mov on x86 */
+    publish(ctrl, INTERRUPT_MASK, 0);
+    /* pending_send_sz check, as endRead makes it (the result is not used here). */
     volatile uint32_t pending = load(ctrl, PENDING_SEND_SIZE) & ~7u;
     (void)pending;
+    /* Re-check after unmasking: the guest may have written without signalling. */
+    if (load(ctrl, WRITE_INDEX) != next) return -1;
     done++;
   }
   return done;

@@ -14,16 +14,21 @@
  * channel only.
  *
  * Speed: the data area is usually one contiguous host view (Linux allocates ring pages
- * physically contiguous); then packets that do not wrap are handed to the device as a view of
- * guest memory without copying, and the hot path allocates nothing. Non-contiguous rings and
- * wrapped packets are copied into a per-ring scratch buffer allocated once.
+ * physically contiguous). Reading a packet copies nothing but a descriptor extension: the device
+ * copies the payload straight from the ring to where it keeps it (`RingPacket.copyPayload`, two
+ * copies at most when it wraps), or parses it in place through a view of guest memory; only a
+ * view of a payload that wraps (or crosses pages of a non-contiguous ring) is first copied into a
+ * per-ring scratch buffer allocated once. Descriptors and trailers are read and written as
+ * 32-bit words, and the hot path allocates nothing but the subarray a copy needs.
  *
  * Memory ordering (x86-64, little-endian host): control words are `Uint32Array` elements, so
  * every access is one aligned 32-bit access. Our index updates are `Atomics.store` (sequentially
  * consistent: the payload is visible before the index, and the store is a full fence before the
- * signalling decision reads the other side's index, as Linux's `virt_mb()`). Guest-owned words
- * are read with plain loads, which x86 orders as acquires; V8 does not cache them across the
- * `Atomics` stores and calls between reads. (`Atomics.load` costs ~20 ns here, a plain load 1.)
+ * signalling decision reads the other side's index, as Linux's `virt_mb()`). A read pass ends
+ * with one fence for two stores (`endRead`: read index, then the unmask as `Atomics.store`).
+ * Guest-owned words are read with plain loads, which x86 orders as acquires; V8 does not cache
+ * them across the `Atomics` stores and calls between reads. (`Atomics.load` costs ~20 ns here, a
+ * plain load 1; an `Atomics.store` ~25 ns more than a plain store.)
  * @module
  */
 import { type Gpadl, GpadlError, type GpaRange, parseGpaRanges } from "./gpadl.ts";
@@ -91,10 +96,9 @@ export class RingData {
   readonly size: number;
   /** The whole data area as one view, when contiguous. */
   readonly flat: Uint8Array | undefined;
-  /** A DataView over `flat` (when contiguous). */
-  readonly flatView: DataView | undefined;
+  readonly #flatWords: Uint32Array | undefined;
   readonly #pages: readonly Uint8Array[];
-  readonly #pageViews: readonly DataView[];
+  readonly #pageWords: readonly (Uint32Array | undefined)[];
 
   /** `pages` are 4 KiB host views of the data pages, in ring order. */
   constructor(pages: readonly Uint8Array[]) {
@@ -113,12 +117,17 @@ export class RingData {
       contiguous = p.buffer === first.buffer &&
         p.byteOffset === first.byteOffset + i * HV_PAGE_SIZE;
     }
+    // Word views let descriptors and trailers (8-byte aligned in the ring) be read and written
+    // as whole 32-bit words; a host buffer that is not 4-byte aligned gets none and takes the
+    // copying path instead.
+    const words = (p: Uint8Array, length: number) =>
+      (p.byteOffset & 3) === 0 ? new Uint32Array(p.buffer, p.byteOffset, length / 4) : undefined;
     if (contiguous) {
       this.flat = new Uint8Array(first.buffer, first.byteOffset, this.size);
-      this.flatView = new DataView(first.buffer, first.byteOffset, this.size);
-      this.#pageViews = [];
+      this.#flatWords = words(first, this.size);
+      this.#pageWords = [];
     } else {
-      this.#pageViews = pages.map((p) => new DataView(p.buffer, p.byteOffset, HV_PAGE_SIZE));
+      this.#pageWords = pages.map((p) => words(p, HV_PAGE_SIZE));
     }
   }
 
@@ -133,15 +142,18 @@ export class RingData {
     return this.#pages[off >>> 12];
   }
 
-  /** Like `bytesAt`, as a DataView. */
-  viewAt(off: number, len: number): DataView | undefined {
+  /**
+   * Like `bytesAt`, as 32-bit words (`off` 4-byte aligned): the range starts at word
+   * `localOffset(off) >>> 2`. `undefined` also when the host view is not word-aligned.
+   */
+  wordsAt(off: number, len: number): Uint32Array | undefined {
     if (off + len > this.size) return undefined;
-    if (this.flatView) return this.flatView;
+    if (this.flat) return this.#flatWords;
     if ((off & (HV_PAGE_SIZE - 1)) + len > HV_PAGE_SIZE) return undefined;
-    return this.#pageViews[off >>> 12];
+    return this.#pageWords[off >>> 12];
   }
 
-  /** Where ring offset `off` is inside the view `bytesAt`/`viewAt` returned. */
+  /** Where ring offset `off` is inside the view `bytesAt`/`wordsAt` returned. */
   localOffset(off: number): number {
     return this.flat ? off : off & (HV_PAGE_SIZE - 1);
   }
@@ -227,8 +239,16 @@ function controlWords(control: Uint8Array): Uint32Array {
 
 /**
  * A packet read from a ring. One object per ring is reused for every packet: it is valid until
- * the next `readPacket()` on that ring (for devices: until `onPacket` returns). `data` may be a
- * view of guest memory that the guest can still modify: read each field once.
+ * the next `readPacket()` on that ring (for devices: until `onPacket` returns). The payload may
+ * be guest memory that the guest can still modify: read each field once.
+ *
+ * Two ways to get at the payload:
+ * - `copyPayload(dst)` copies (part of) it straight from the ring into the caller's buffer: one
+ *   copy even when the payload wraps around the end of the ring. Use it for data the device
+ *   keeps (a write's data, a request it queues).
+ * - `data`/`payloadOffset` (or `payload`) give a view to parse in place. It is guest memory
+ *   when the payload is contiguous in the host (`isContiguous`); otherwise the first access
+ *   copies the payload into a per-ring scratch buffer.
  */
 export class RingPacket {
   /** `VmPacketType` value (6 in-band, 7 transfer pages, 9 GPA direct, 11 completion). */
@@ -239,10 +259,6 @@ export class RingPacket {
   tidLo = 0;
   /** Transaction id, high 32 bits. */
   tidHi = 0;
-  /** Backing bytes of the payload (the ring's data area or a scratch copy). */
-  data: Uint8Array = EMPTY;
-  /** Offset of the payload in `data`. */
-  payloadOffset = 0;
   /** Payload length in bytes (includes the sender's padding to 8 bytes). */
   payloadLength = 0;
   /** Stable copy of the descriptor extension (bytes 16..offset8*8 of the packet). */
@@ -253,6 +269,87 @@ export class RingPacket {
   rangeCount = 0;
   /** Transfer page set id of a transfer-page packet. */
   transferPageSetId = 0;
+  #ring: RingData | undefined;
+  /** Ring offset of the payload's first byte. */
+  #start = 0;
+  /** Backing view of the payload; `undefined` until a wrapped payload is copied to scratch. */
+  #data: Uint8Array | undefined = EMPTY;
+  #offset = 0;
+  #contiguous = true;
+  #scratch: Uint8Array | undefined;
+
+  /**
+   * Points the packet at a payload of `length` bytes at ring offset `start` of `ring`
+   * (validated by the caller); `direct` is the host view holding it contiguously, if any.
+   * @internal Called by `IncomingRing.readPacket`.
+   */
+  _setPayload(ring: RingData, start: number, length: number, direct: Uint8Array | undefined) {
+    this.#ring = ring;
+    this.#start = start;
+    this.payloadLength = length;
+    this.#data = direct;
+    this.#contiguous = direct !== undefined;
+    this.#offset = direct ? ring.localOffset(start) : 0;
+  }
+
+  /** True when `data` is a view of guest memory (reading it copies nothing). */
+  get isContiguous(): boolean {
+    return this.#contiguous;
+  }
+
+  /** Backing bytes of the payload (guest memory, or a scratch copy of a wrapped payload). */
+  get data(): Uint8Array {
+    return this.#data ?? this.#materialize();
+  }
+
+  /** Offset of the payload in `data`. */
+  get payloadOffset(): number {
+    if (this.#data === undefined) this.#materialize();
+    return this.#offset;
+  }
+
+  /**
+   * Copies payload bytes `[from, from+length)` into `dst` at `dstOffset`, straight from the
+   * ring (wrapping as needed, no intermediate copy). Defaults: the whole payload to the start
+   * of `dst`. Throws `RangeError` when the range is outside the payload or `dst`.
+   */
+  copyPayload(
+    dst: Uint8Array,
+    dstOffset = 0,
+    from = 0,
+    length: number = this.payloadLength - from,
+  ): void {
+    if (
+      !Number.isInteger(from) || !Number.isInteger(length) || !Number.isInteger(dstOffset) ||
+      from < 0 || length < 0 || from + length > this.payloadLength || dstOffset < 0 ||
+      dstOffset + length > dst.length
+    ) {
+      throw new RangeError(
+        `cannot copy payload bytes ${from}+${length} of ${this.payloadLength} to ${dstOffset} of ${dst.length}`,
+      );
+    }
+    if (length === 0) return;
+    const data = this.#data;
+    if (data !== undefined) {
+      const at = this.#offset + from;
+      dst.set(data.subarray(at, at + length), dstOffset);
+      return;
+    }
+    const ring = this.#ring!;
+    let off = this.#start + from;
+    if (off >= ring.size) off -= ring.size;
+    ring.copyOut(off, dst, dstOffset, length);
+  }
+
+  #materialize(): Uint8Array {
+    const ring = this.#ring!;
+    // Ring-sized: any payload fits, and it is allocated once per ring.
+    const scratch = this.#scratch ??= new Uint8Array(ring.size);
+    ring.copyOut(this.#start, scratch, 0, this.payloadLength);
+    this.#data = scratch;
+    this.#offset = 0;
+    return scratch;
+  }
 
   /** True when the sender asked for a completion packet. */
   get completionRequested(): boolean {
@@ -323,9 +420,9 @@ export class IncomingRing {
   #next: number;
   #committed: number;
   #lastStart = -1;
-  #scratch: Uint8Array | undefined;
-  readonly #desc = new Uint8Array(DESCRIPTOR_SIZE);
-  readonly #descView = new DataView(this.#desc.buffer);
+  /** A descriptor that wraps or straddles pages is copied here (as bytes, read as words). */
+  readonly #descWords = new Uint32Array(DESCRIPTOR_SIZE / 4);
+  readonly #descBytes = new Uint8Array(this.#descWords.buffer);
   #ext = new Uint8Array(64);
   #extView = new DataView(this.#ext.buffer);
 
@@ -372,9 +469,14 @@ export class IncomingRing {
     return this.#loadWrite() === this.#next;
   }
 
-  /** Sets (true) or clears the interrupt mask: masked means "do not signal me". */
+  /**
+   * Sets (true) or clears the interrupt mask: masked means "do not signal me". Masking is a
+   * plain store: seen late, it only costs the guest a signal it could have saved. Unmasking is
+   * a full fence, so a following `isEmpty()` sees what the guest wrote while masked.
+   */
   setInterruptMask(masked: boolean): void {
-    Atomics.store(this.#ctrl, RingControlWord.INTERRUPT_MASK, masked ? 1 : 0);
+    if (masked) this.#ctrl[RingControlWord.INTERRUPT_MASK] = 1;
+    else Atomics.store(this.#ctrl, RingControlWord.INTERRUPT_MASK, 0);
   }
 
   /** True when the guest advertised `feat_pending_send_sz` on this ring. */
@@ -397,21 +499,24 @@ export class IncomingRing {
       throw new RingError("invalid-available", `only ${avail} bytes in the ring`);
     }
     const data = this.data;
-    let dv = data.viewAt(r, DESCRIPTOR_SIZE);
-    let base: number;
-    if (dv) {
-      base = data.localOffset(r);
+    let words = data.wordsAt(r, DESCRIPTOR_SIZE);
+    let at: number;
+    if (words) {
+      at = data.localOffset(r) >>> 2;
     } else {
-      data.copyOut(r, this.#desc, 0, DESCRIPTOR_SIZE);
-      dv = this.#descView;
-      base = 0;
+      data.copyOut(r, this.#descBytes, 0, DESCRIPTOR_SIZE);
+      words = this.#descWords;
+      at = 0;
     }
-    const type = dv.getUint16(base, true);
-    const offset8 = dv.getUint16(base + 2, true);
-    const len8 = dv.getUint16(base + 4, true);
-    const flags = dv.getUint16(base + 6, true);
-    const tidLo = dv.getUint32(base + 8, true);
-    const tidHi = dv.getUint32(base + 12, true);
+    // Little-endian host: word 0 is type | offset8 << 16, word 1 is len8 | flags << 16.
+    const w0 = words[at]!;
+    const w1 = words[at + 1]!;
+    const tidLo = words[at + 2]!;
+    const tidHi = words[at + 3]!;
+    const type = w0 & 0xffff;
+    const offset8 = w0 >>> 16;
+    const len8 = w1 & 0xffff;
+    const flags = w1 >>> 16;
     const hdr = offset8 * 8;
     const len = len8 * 8;
     if (offset8 < 2 || len8 < offset8 || len + PACKET_TRAILER_SIZE > avail) {
@@ -466,17 +571,12 @@ export class IncomingRing {
     pkt.flags = flags;
     pkt.tidLo = tidLo;
     pkt.tidHi = tidHi;
-    pkt.payloadLength = len - hdr;
-    const direct = data.bytesAt(r, len);
-    if (direct) {
-      pkt.data = direct;
-      pkt.payloadOffset = data.localOffset(r) + hdr;
-    } else {
-      const scratch = this.#scratch ??= new Uint8Array(size);
-      data.copyOut(r, scratch, 0, len);
-      pkt.data = scratch;
-      pkt.payloadOffset = hdr;
-    }
+    // The payload is not copied here: the device copies it where it wants it (`copyPayload`),
+    // or a view is made on demand (`data`).
+    let start = r + hdr;
+    if (start >= size) start -= size;
+    const payloadLength = len - hdr;
+    pkt._setPayload(data, start, payloadLength, data.bytesAt(start, payloadLength));
     this.#lastStart = r;
     let next = r + len + PACKET_TRAILER_SIZE;
     if (next >= size) next -= size;
@@ -497,11 +597,50 @@ export class IncomingRing {
   commitRead(): boolean {
     this.#lastStart = -1;
     const next = this.#next;
-    if (next === this.#committed) return false;
-    const ctrl = this.#ctrl;
-    Atomics.store(ctrl, RingControlWord.READ_INDEX, next);
     const old = this.#committed;
+    if (next === old) return false;
+    Atomics.store(this.#ctrl, RingControlWord.READ_INDEX, next);
     this.#committed = next;
+    return this.#guestWaits(old, next);
+  }
+
+  /**
+   * `commitRead` only when the guest waits for ring space (`pending_send_sz` set, one plain
+   * load otherwise), so that a long read pass does not keep a blocked guest waiting until its
+   * end. Returns true when the guest must be signalled now. Like `commitRead`, it ends what
+   * `rewind` can undo.
+   */
+  commitIfGuestWaits(): boolean {
+    if (this.#ctrl[RingControlWord.PENDING_SEND_SIZE] === 0) return false;
+    return this.commitRead();
+  }
+
+  /**
+   * Ends a read pass: `commitRead` and `setInterruptMask(false)` behind one fence instead of
+   * two. Returns true when the guest must be signalled (as `commitRead`). The caller must then
+   * re-check the ring (`isEmpty()`): the guest does not signal what it wrote while masked.
+   */
+  endRead(): boolean {
+    this.#lastStart = -1;
+    const ctrl = this.#ctrl;
+    const next = this.#next;
+    const old = this.#committed;
+    // A plain store: the unmask's fence below orders it after the payload reads (x86 keeps
+    // loads before later stores) and before the loads of pending_send_sz and the write index.
+    if (next !== old) {
+      ctrl[RingControlWord.READ_INDEX] = next;
+      this.#committed = next;
+    }
+    Atomics.store(ctrl, RingControlWord.INTERRUPT_MASK, 0);
+    return next !== old && this.#guestWaits(old, next);
+  }
+
+  /**
+   * True when moving the read index from `old` to `next` took free space from below the
+   * guest's `pending_send_sz` to at least it (Linux `hv_pkt_iter_close`). Call after a fence.
+   */
+  #guestWaits(old: number, next: number): boolean {
+    const ctrl = this.#ctrl;
     // Some writers use "size - 1"; free space only comes in 8-byte steps.
     const pending = ctrl[RingControlWord.PENDING_SEND_SIZE]! & ~7;
     if (pending === 0) return false;
@@ -536,8 +675,9 @@ export class OutgoingRing {
   readonly #size: number;
   #write: number;
   #pending = 0;
-  readonly #hdr = new Uint8Array(DESCRIPTOR_SIZE + PACKET_TRAILER_SIZE);
-  readonly #hdrView = new DataView(this.#hdr.buffer);
+  /** Descriptor then trailer, built here when they wrap or straddle pages in the ring. */
+  readonly #hdrWords = new Uint32Array((DESCRIPTOR_SIZE + PACKET_TRAILER_SIZE) / 4);
+  readonly #hdr = new Uint8Array(this.#hdrWords.buffer);
 
   /**
    * Takes over a ring whose control page is `control`: validates its write index, advertises
@@ -639,23 +779,22 @@ export class OutgoingRing {
       return WriteResult.FULL;
     }
     const data = this.data;
-    const dv = data.viewAt(w, DESCRIPTOR_SIZE);
-    if (dv) {
-      const b = data.localOffset(w);
-      dv.setUint16(b, type, true);
-      dv.setUint16(b + 2, hdr >>> 3, true);
-      dv.setUint16(b + 4, total >>> 3, true);
-      dv.setUint16(b + 6, flags, true);
-      dv.setUint32(b + 8, tidLo, true);
-      dv.setUint32(b + 12, tidHi, true);
+    // Little-endian host: type | offset8 << 16, len8 | flags << 16, transaction id.
+    const w0 = (type & 0xffff) | ((hdr >>> 3) << 16);
+    const w1 = (total >>> 3) | ((flags & 0xffff) << 16);
+    const dw = data.wordsAt(w, DESCRIPTOR_SIZE);
+    if (dw) {
+      const at = data.localOffset(w) >>> 2;
+      dw[at] = w0;
+      dw[at + 1] = w1;
+      dw[at + 2] = tidLo;
+      dw[at + 3] = tidHi;
     } else {
-      const hv = this.#hdrView;
-      hv.setUint16(0, type, true);
-      hv.setUint16(2, hdr >>> 3, true);
-      hv.setUint16(4, total >>> 3, true);
-      hv.setUint16(6, flags, true);
-      hv.setUint32(8, tidLo, true);
-      hv.setUint32(12, tidHi, true);
+      const hw = this.#hdrWords;
+      hw[0] = w0;
+      hw[1] = w1;
+      hw[2] = tidLo;
+      hw[3] = tidHi;
       data.copyIn(w, this.#hdr, 0, DESCRIPTOR_SIZE);
     }
     let off = w + DESCRIPTOR_SIZE;
@@ -676,14 +815,14 @@ export class OutgoingRing {
       off += pad;
       if (off >= size) off -= size;
     }
-    const tv = data.viewAt(off, PACKET_TRAILER_SIZE);
-    if (tv) {
-      const b = data.localOffset(off);
-      tv.setUint32(b, 0, true);
-      tv.setUint32(b + 4, w, true);
+    const tw = data.wordsAt(off, PACKET_TRAILER_SIZE);
+    if (tw) {
+      const at = data.localOffset(off) >>> 2;
+      tw[at] = 0;
+      tw[at + 1] = w;
     } else {
-      this.#hdrView.setUint32(DESCRIPTOR_SIZE, 0, true);
-      this.#hdrView.setUint32(DESCRIPTOR_SIZE + 4, w, true);
+      this.#hdrWords[4] = 0;
+      this.#hdrWords[5] = w;
       data.copyIn(off, this.#hdr, DESCRIPTOR_SIZE, PACKET_TRAILER_SIZE);
     }
     off += PACKET_TRAILER_SIZE;

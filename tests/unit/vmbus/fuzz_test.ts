@@ -121,6 +121,9 @@ class CheckingDevice implements VmbusDevice {
   onPacket(ch: Channel, p: RingPacket): boolean | void {
     this.packets++;
     if (!this.open.has(ch)) this.violations.push("packet on a channel that is not open");
+    // The copy straight from the ring and the (possibly scratch) view must agree.
+    const copied = new Uint8Array(p.payloadLength);
+    p.copyPayload(copied);
     if (
       p.payloadOffset < 0 || p.payloadLength < 0 ||
       p.payloadOffset + p.payloadLength > p.data.length
@@ -130,6 +133,8 @@ class CheckingDevice implements VmbusDevice {
       );
     }
     if ((p.payloadLength & 7) !== 0) this.violations.push("payload not 8-aligned");
+    const view = p.data.subarray(p.payloadOffset, p.payloadOffset + p.payloadLength);
+    if (copied.some((b, i) => b !== view[i])) this.violations.push("copyPayload differs from data");
     if (p.type === VmPacketType.DATA_USING_GPA_DIRECT) {
       const r = p.gpaRanges();
       if (r.length !== p.rangeCount || r.length === 0) {

@@ -335,3 +335,205 @@ Deno.test("ring pairs come from one page-aligned GPADL split at the downstream o
   assertEquals(pair.incoming.size, PAGE);
   assertEquals(pair.outgoing.size, 3 * PAGE);
 });
+
+for (const scattered of [false, true]) {
+  const kind = scattered ? "scattered" : "contiguous";
+
+  Deno.test(`payloads wrapped at every 8-byte boundary are copied straight out (${kind})`, () => {
+    // Two pages: in the scattered ring a payload also crosses a page boundary in the middle.
+    const dataPages = 2;
+    const size = dataPages * PAGE;
+    for (const payloadLength of [0, 8, 40, 48, 200]) {
+      for (let start = 0; start < size; start += 8) {
+        const { guest, control, data } = makeRing(dataPages, scattered);
+        guest.readIndex = guest.writeIndex = start;
+        const host = new IncomingRing(control, data);
+        const payload = bytes(payloadLength, start);
+        assert(
+          new GuestRingWriter(guest).write(encodePacket(6, 0, 9n, new Uint8Array(0), payload)) !==
+            "full",
+        );
+        const pkt = host.readPacket()!;
+        assertEquals(pkt.payloadLength, payloadLength);
+        const at = (start + 16) % size;
+        const contiguous = at + payloadLength <= size &&
+          (!scattered || (at % PAGE) + payloadLength <= PAGE);
+        assertEquals(pkt.isContiguous, contiguous, `start ${start}`);
+        // Whole payload, at an offset in the destination.
+        const dst = new Uint8Array(payloadLength + 5).fill(0xee);
+        pkt.copyPayload(dst, 3);
+        assertEquals(dst.subarray(3, 3 + payloadLength), payload);
+        assertEquals([dst[0], dst[1], dst[2], dst[3 + payloadLength], dst[4 + payloadLength]], [
+          0xee,
+          0xee,
+          0xee,
+          0xee,
+          0xee,
+        ]);
+        // Every split of the payload into a head and a tail (across the wrap when it wraps).
+        for (let from = 0; from <= payloadLength; from += payloadLength > 48 ? 64 : 8) {
+          const part = new Uint8Array(payloadLength - from);
+          pkt.copyPayload(part, 0, from);
+          assertEquals(part, payload.subarray(from));
+          const head = new Uint8Array(from);
+          pkt.copyPayload(head, 0, 0, from);
+          assertEquals(head, payload.subarray(0, from));
+        }
+        // The view is made on demand and agrees; copies after it still do.
+        assertEquals(pkt.payload, payload);
+        assertEquals(
+          pkt.data.subarray(pkt.payloadOffset, pkt.payloadOffset + payloadLength),
+          payload,
+        );
+        assertEquals(pkt.isContiguous, contiguous);
+        const again = new Uint8Array(payloadLength);
+        pkt.copyPayload(again);
+        assertEquals(again, payload);
+        assertEquals(host.readPacket(), null);
+        host.commitRead();
+        assertEquals(guest.readIndex, guest.writeIndex);
+      }
+    }
+  });
+
+  Deno.test(`host packets are written at every 8-byte start offset (${kind})`, () => {
+    const size = 2 * PAGE;
+    for (let start = 0; start < size; start += 8) {
+      const { guest, control, data } = makeRing(2, scattered);
+      guest.readIndex = guest.writeIndex = start;
+      const host = new OutgoingRing(control, data);
+      const payload = bytes(37, start);
+      assert(host.writePacket(6, 1, start, 7, null, payload) !== WriteResult.FULL);
+      const { packet } = new GuestRingReader(guest).read();
+      assertEquals(packet!.flags, 1);
+      assertEquals(packet!.transactionId, (7n << 32n) | BigInt(start));
+      assertEquals(packet!.payload, Uint8Array.of(...payload, 0, 0, 0));
+    }
+  });
+}
+
+Deno.test("copyPayload refuses ranges outside the payload or the destination", () => {
+  const { guest, control, data } = makeRing(1);
+  // The payload wraps: a refused copy must not write half of it first.
+  guest.readIndex = guest.writeIndex = PAGE - 32;
+  const host = new IncomingRing(control, data);
+  new GuestRingWriter(guest).write(encodePacket(6, 0, 1n, new Uint8Array(0), bytes(64, 1)));
+  const pkt = host.readPacket()!;
+  assertEquals(pkt.isContiguous, false);
+  const dst = new Uint8Array(64);
+  const bad: [number, number, number][] = [
+    [0, 0, 65], // longer than the payload
+    [0, 8, 57], // runs past the payload's end
+    [1, 0, 64], // runs past the destination
+    [-1, 0, 8],
+    [0, -8, 8],
+    [0, 0, -1],
+    [0.5, 0, 8],
+    [0, 0, NaN],
+    [0, 64, 1],
+  ];
+  for (const [dstOffset, from, length] of bad) {
+    assertThrows(() => pkt.copyPayload(dst, dstOffset, from, length), RangeError);
+    assertEquals(dst, new Uint8Array(64), `${dstOffset} ${from} ${length}`);
+  }
+  assertThrows(() => pkt.copyPayload(new Uint8Array(63)), RangeError);
+  pkt.copyPayload(dst, 0, 64, 0); // empty copy at the end is fine
+  pkt.copyPayload(dst);
+  assertEquals(dst, bytes(64, 1));
+});
+
+Deno.test("a hostile descriptor's payload is bounded by what was validated", () => {
+  const { guest, control, data } = makeRing(1);
+  const host = new IncomingRing(control, data);
+  // offset8 == len8: a packet with an empty payload right before the trailer.
+  raw(guest, [6, 4, 4, 0], 40);
+  let pkt = host.readPacket()!;
+  assertEquals(pkt.payloadLength, 0);
+  pkt.copyPayload(new Uint8Array(0));
+  assertEquals(pkt.payload.length, 0);
+  // A payload that starts past the end of the ring (the header wraps): read from the start.
+  const { guest: g2, control: c2, data: d2 } = makeRing(1);
+  g2.readIndex = g2.writeIndex = PAGE - 16;
+  const h2 = new IncomingRing(c2, d2);
+  const ext = new Uint8Array(16);
+  new DataView(ext.buffer).setUint32(4, 1, true); // transfer pages: 1 range
+  new GuestRingWriter(g2).write(encodePacket(7, 0, 2n, ext, bytes(24, 5)));
+  pkt = h2.readPacket()!;
+  assertEquals(pkt.isContiguous, true);
+  assertEquals(pkt.payload, bytes(24, 5));
+  // The guest rewriting the descriptor after the read changes nothing the host validated.
+  g2.putBytes(PAGE - 16 + 4, Uint8Array.of(0xff, 0xff));
+  assertEquals(pkt.payloadLength, 24);
+  const out = new Uint8Array(24);
+  pkt.copyPayload(out);
+  assertEquals(out, bytes(24, 5));
+});
+
+Deno.test("endRead publishes the read index, unmasks and decides like commitRead", () => {
+  const { guest, control, data } = makeRing(1);
+  const host = new IncomingRing(control, data);
+  const w = new GuestRingWriter(guest);
+  const pkt = encodePacket(6, 0, 1n, new Uint8Array(0), bytes(1000, 0));
+  while (w.write(pkt) !== "full");
+  guest.pendingSendSize = pkt.length + 8;
+  host.setInterruptMask(true);
+  assertEquals(guest.interruptMask, 1);
+  assert(host.readPacket() !== null);
+  assert(host.endRead()); // free space crossed the pending size
+  assertEquals(guest.readIndex, pkt.length + 8);
+  assertEquals(guest.interruptMask, 0);
+  host.setInterruptMask(true);
+  assert(host.readPacket() !== null);
+  assert(!host.endRead()); // already above
+  assertEquals(guest.interruptMask, 0);
+  host.setInterruptMask(true);
+  assert(!host.endRead()); // nothing new read, still unmasks
+  assertEquals(guest.interruptMask, 0);
+  assertEquals(guest.readIndex, 2 * (pkt.length + 8));
+});
+
+Deno.test("data pages that are not word-aligned in host memory take the copying path", () => {
+  const control = new Uint8Array(PAGE);
+  new Uint32Array(control.buffer)[16] = 1; // feature bits
+  const ram = new Uint8Array(2 * PAGE + 2);
+  const pages = [ram.subarray(2, 2 + PAGE), ram.subarray(2 + PAGE, 2 + 2 * PAGE)];
+  const data = new RingData(pages);
+  assert(data.flat !== undefined);
+  assertEquals(data.wordsAt(0, 16), undefined);
+  const out = new OutgoingRing(control, data);
+  const inc = new IncomingRing(control, data);
+  for (let i = 0; i < 50; i++) {
+    const payload = bytes(100 + i * 13, i);
+    assert(out.writePacket(6, 0, i, 0, null, payload) !== WriteResult.FULL);
+    const pkt = inc.readPacket()!;
+    assertEquals(pkt.tidLo, i);
+    const got = new Uint8Array(payload.length);
+    pkt.copyPayload(got, 0, 0, payload.length);
+    assertEquals(got, payload);
+    inc.commitRead();
+  }
+});
+
+Deno.test("a guest waiting for space gets the read index before the pass ends", () => {
+  const { guest, control, data } = makeRing(1);
+  const host = new IncomingRing(control, data);
+  const w = new GuestRingWriter(guest);
+  const pkt = encodePacket(6, 0, 1n, new Uint8Array(0), bytes(1000, 0));
+  while (w.write(pkt) !== "full");
+  // Nobody waits: nothing is published before the end of the pass.
+  assert(host.readPacket() !== null);
+  assert(!host.commitIfGuestWaits());
+  assertEquals(guest.readIndex, 0);
+  // The guest blocks on a packet needing two packets' room: published at once, signalled at
+  // the crossing only.
+  guest.pendingSendSize = 2 * (pkt.length + 8);
+  assert(!host.commitIfGuestWaits()); // one packet freed: still below
+  assertEquals(guest.readIndex, pkt.length + 8);
+  assert(host.readPacket() !== null);
+  assert(host.commitIfGuestWaits()); // two packets freed: crossed
+  assertEquals(guest.readIndex, 2 * (pkt.length + 8));
+  assert(host.readPacket() !== null);
+  assert(!host.commitIfGuestWaits()); // already above
+  assert(!host.endRead());
+  assertEquals(guest.readIndex, 3 * (pkt.length + 8));
+});

@@ -673,6 +673,28 @@ Deno.test("a long burst is drained in slices through the event loop", () => {
   noBugs(server);
 });
 
+Deno.test("a guest blocked on its full ring sees space and a signal before the read pass ends", () => {
+  const dev = new EchoDevice();
+  const { guest, server, offers } = linuxUp([dev]);
+  const ch = guest.open(offers[0]!, { sendPages: 2, recvPages: 4 });
+  const readIndexSeen: number[] = [];
+  dev.onPacket = () => {
+    readIndexSeen.push(ch.out.ring.readIndex);
+    return true;
+  };
+  const pkt = encodePacket(6, 0, 1n, new Uint8Array(0), new Uint8Array(1000));
+  while (ch.out.write(pkt) !== "full");
+  // Linux sets pending_send_sz to what it waits for: room for two more packets.
+  ch.out.ring.pendingSendSize = 2 * (pkt.length + 8);
+  ch.takeInterrupt();
+  ch.signalHost();
+  // Published after every packet while the guest waits; signalled once, at the crossing.
+  assertEquals(readIndexSeen, [0, 1024, 2048]);
+  assertEquals(ch.out.ring.readIndex, 3072);
+  assert(ch.takeInterrupt());
+  noBugs(server);
+});
+
 Deno.test("the host does not interrupt a guest that masked its ring", () => {
   const { guest, server, offers } = linuxUp();
   const ch = guest.open(offers[0]!);
