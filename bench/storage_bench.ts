@@ -3,7 +3,9 @@
  * sequential 1 MiB and random 4 KiB reads and writes (random ones 16 in flight) through
  * `RawFileBackend`, `Qcow2Backend` (fully allocated, so no allocation cost) and the SCSI target
  * (READ(10)/WRITE(10) into a scattered 4 KiB-page buffer, as from a guest), next to `Deno.FsFile`
- * seek+read/write. Compare within a group; absolute numbers depend on the host.
+ * seek+read/write. The `sg-*` groups put scattered guest page lists (9 pages, 16 in flight; 256
+ * pages) through the SCSI target over raw and qcow2 beside the same bytes into one linear buffer.
+ * Compare within a group; absolute numbers depend on the host.
  *
  * Run: `deno bench -A bench/storage_bench.ts`.
  */
@@ -165,6 +167,60 @@ for (const [name, read, write] of targets) {
   }, async () => {
     for (let i = 0; i < RAND_COUNT; i += qd) {
       await Promise.all(bufs.slice(0, qd).map((b, s) => write(rndOffset(), b, s)));
+    }
+  });
+}
+
+// Scattered page lists through the SCSI target beside one linear buffer of the same size.
+const SG9 = 9 * 4096;
+const lin9 = Array.from({ length: QD }, () => new Uint8Array(SG9));
+const sg9 = Array.from({ length: QD }, () => scattered(SG9));
+const scsiQ = new ScsiDisk(await Qcow2Backend.open(qPath), { maxTransferBytes: 1 << 20 });
+function sgOffset(len: number): number {
+  return Math.floor(rndOffset() / len) * len % (SIZE - len);
+}
+for (const [dir, op] of [["read", 0x28], ["write", 0x2a]] as const) {
+  Deno.bench(`sg ${dir} 9 pages x16 in flight: RawFileBackend, linear buffer`, {
+    group: `sg-${dir}-9`,
+    baseline: true,
+  }, async () => {
+    for (let i = 0; i < 64; i += QD) {
+      await Promise.all(lin9.map((b) => {
+        const o = sgOffset(SG9);
+        return dir === "read" ? raw.read(o, b) : raw.write(o, b);
+      }));
+    }
+  });
+  for (const [name, disk] of [["raw", scsi], ["qcow2", scsiQ]] as const) {
+    Deno.bench(`sg ${dir} 9 pages x16 in flight: ScsiDisk over ${name}, scattered pages`, {
+      group: `sg-${dir}-9`,
+    }, async () => {
+      for (let i = 0; i < 64; i += QD) {
+        await Promise.all(
+          sg9.map((b) =>
+            disk.execute({ cdb: cdb(op, sgOffset(SG9) / 512, SG9 / 512), data: b, dataLength: SG9 })
+          ),
+        );
+      }
+    });
+    Deno.bench(`sg ${dir} 256 pages: ScsiDisk over ${name}, scattered pages`, {
+      group: `sg-${dir}-256`,
+    }, async () => {
+      for (let i = 0; i < SEQ_COUNT; i++) {
+        await disk.execute({
+          cdb: cdb(op, (i * SEQ) / 512, SEQ / 512),
+          data: sgSeq,
+          dataLength: SEQ,
+        });
+      }
+    });
+  }
+  Deno.bench(`sg ${dir} 256 pages: RawFileBackend, linear buffer`, {
+    group: `sg-${dir}-256`,
+    baseline: true,
+  }, async () => {
+    for (let i = 0; i < SEQ_COUNT; i++) {
+      await (dir === "read" ? raw.read(i * SEQ, buf) : raw.write(i * SEQ, buf));
     }
   });
 }

@@ -39,6 +39,22 @@ const SYMBOLS = {
     result: "isize",
     nonblocking: true,
   },
+  // ssize_t preadv(int fd, const struct iovec *iov, int iovcnt, off_t offset), and pwritev:
+  // scatter/gather straight between a file and several buffers (guest pages).
+  preadv: { name: "preadv64", parameters: ["i32", "buffer", "i32", "i64"], result: "isize" },
+  pwritev: { name: "pwritev64", parameters: ["i32", "buffer", "i32", "i64"], result: "isize" },
+  preadv_async: {
+    name: "preadv64",
+    parameters: ["i32", "buffer", "i32", "i64"],
+    result: "isize",
+    nonblocking: true,
+  },
+  pwritev_async: {
+    name: "pwritev64",
+    parameters: ["i32", "buffer", "i32", "i64"],
+    result: "isize",
+    nonblocking: true,
+  },
   fdatasync_async: { name: "fdatasync", parameters: ["i32"], result: "i32", nonblocking: true },
   fallocate_async: {
     name: "fallocate64",
@@ -64,8 +80,27 @@ const SYMBOLS = {
   sigtimedwait: { parameters: ["buffer", "pointer", "buffer"], result: "i32" },
   pthread_self: { parameters: [], result: "u64" },
   pthread_kill: { parameters: ["u64", "i32"], result: "i32" },
+  gettid: { parameters: [], result: "i32" }, // pid_t gettid(void)
+  // POSIX timers aimed at one thread (SIGEV_THREAD_ID); timer_t is an opaque pointer-sized id.
+  // int timer_create(clockid_t, struct sigevent*, timer_t*)
+  timer_create: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  timer_settime: { parameters: ["usize", "i32", "buffer", "pointer"], result: "i32" },
+  timer_delete: { parameters: ["usize"], result: "i32" },
   sched_yield: { parameters: [], result: "i32" },
   sysconf: { parameters: ["i32"], result: "i64" },
+  // Sockets (the synthetic debugger's UDP bridge). Always called with MSG_DONTWAIT on a
+  // non-blocking socket, synchronously, so errno is valid right after a failure.
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" }, // int socket(int, int, int)
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" }, // (fd, sockaddr*, socklen_t)
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // ssize_t sendto(fd, buf, len, flags, const sockaddr*, socklen_t)
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
+  // ssize_t recvfrom(fd, buf, len, flags, sockaddr*, socklen_t*)
+  recvfrom: {
+    parameters: ["i32", "buffer", "usize", "i32", "buffer", "buffer"],
+    result: "isize",
+  },
   __errno_location: { parameters: [], result: "pointer" },
   strerror: { parameters: ["i32"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -106,12 +141,14 @@ export const C = {
   EPOLLOUT: 4,
   EPOLLERR: 8,
   EPOLLHUP: 0x10,
+  EPOLLET: 0x80000000,
   CLOCK_REALTIME: 0,
   CLOCK_MONOTONIC: 1,
   CLOCK_THREAD_CPUTIME_ID: 3,
   TFD_CLOEXEC: 0o2000000,
   TFD_NONBLOCK: 0o4000,
   TFD_TIMER_ABSTIME: 1,
+  SIGEV_THREAD_ID: 4,
   SIG_BLOCK: 0,
   SIG_UNBLOCK: 1,
   SIG_SETMASK: 2,
@@ -120,6 +157,18 @@ export const C = {
   _SC_NPROCESSORS_ONLN: 84,
   _SC_PHYS_PAGES: 85,
   _SC_PAGESIZE: 30,
+  AF_INET: 2,
+  SOCK_DGRAM: 2,
+  SOCK_NONBLOCK: 0o4000,
+  SOCK_CLOEXEC: 0o2000000,
+  MSG_PEEK: 0x2,
+  MSG_TRUNC: 0x20,
+  MSG_DONTWAIT: 0x40,
+  MSG_NOSIGNAL: 0x4000,
+  INADDR_ANY: 0,
+  INADDR_LOOPBACK: 0x7f000001,
+  /** Most iovecs one preadv/pwritev takes (<limits.h> IOV_MAX). */
+  IOV_MAX: 1024,
 } as const;
 
 /** glibc's sigset_t is 1024 bits. */
@@ -144,8 +193,14 @@ const ERRNO_NAMES: Record<number, string> = {
   25: "ENOTTY",
   28: "ENOSPC",
   38: "ENOSYS",
+  90: "EMSGSIZE",
   95: "EOPNOTSUPP",
+  98: "EADDRINUSE",
+  99: "EADDRNOTAVAIL",
+  101: "ENETUNREACH",
+  105: "ENOBUFS",
   110: "ETIMEDOUT",
+  111: "ECONNREFUSED",
 };
 
 /** A failed libc call: which call, errno and its name. */
@@ -265,4 +320,64 @@ export function sigset(...signals: number[]): Uint8Array<ArrayBuffer> {
   const set = new Uint8Array(SIGSET_BYTES);
   for (const s of signals) set[(s - 1) >> 3]! |= 1 << ((s - 1) & 7);
   return set;
+}
+
+/** errno values the socket wrappers branch on. */
+export const ERRNO = {
+  EINTR: 4,
+  EAGAIN: 11,
+  ENOBUFS: 105,
+  ECONNREFUSED: 111,
+} as const;
+
+/** Size of `struct sockaddr_in`. */
+export const SOCKADDR_IN_BYTES = 16;
+
+/** A `struct sockaddr_in` for IPv4 `address` (host-order integer) and `port`. */
+export function sockaddrIn(address: number, port: number): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(SOCKADDR_IN_BYTES);
+  const dv = new DataView(b.buffer);
+  dv.setUint16(0, C.AF_INET, true); // sin_family: host order
+  dv.setUint16(2, port, false); // sin_port: network order
+  dv.setUint32(4, address >>> 0, false); // sin_addr: network order
+  return b;
+}
+
+/** Decodes a `struct sockaddr_in` into a host-order address and port. */
+export function parseSockaddrIn(b: Uint8Array): { address: number; port: number } {
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  return { address: dv.getUint32(4, false), port: dv.getUint16(2, false) };
+}
+
+/**
+ * A non-blocking, close-on-exec UDP socket bound to `local` (port 0: any free port) and, when
+ * `peer` is given, connected to it, so that plain sends go there and only its datagrams are
+ * received. Throws `SysError` naming the call that failed.
+ */
+export function udpSocket(
+  local: { address: number; port: number },
+  peer?: { address: number; port: number },
+): number {
+  const fd = check(
+    "socket(AF_INET, SOCK_DGRAM)",
+    libc.socket(C.AF_INET, C.SOCK_DGRAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC, 0),
+  );
+  try {
+    check("bind", libc.bind(fd, sockaddrIn(local.address, local.port), SOCKADDR_IN_BYTES));
+    if (peer) {
+      check("connect", libc.connect(fd, sockaddrIn(peer.address, peer.port), SOCKADDR_IN_BYTES));
+    }
+  } catch (e) {
+    close(fd);
+    throw e;
+  }
+  return fd;
+}
+
+/** The local address and port a socket is bound to (getsockname), checked. */
+export function socketName(fd: number): { address: number; port: number } {
+  const addr = new Uint8Array(SOCKADDR_IN_BYTES);
+  const len = new Uint32Array([SOCKADDR_IN_BYTES]);
+  check("getsockname", libc.getsockname(fd, addr, new Uint8Array(len.buffer)));
+  return parseSockaddrIn(addr);
 }

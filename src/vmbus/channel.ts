@@ -50,6 +50,8 @@ export interface ChannelHost {
   acquireGpadl(channel: Channel, id: number): Gpadl | undefined;
   /** Drops a reference taken by `acquireGpadl` or by an open ring. */
   releaseGpadl(gpadl: Gpadl): void;
+  /** Runs `release` once `done` (a device's unfinished close) settles; tracked by the server. */
+  afterClose(channel: Channel, done: Promise<void>, release: () => void): void;
   /** Offers sub-channels `1..count` of `primary`'s device. */
   enableSubChannels(primary: Channel, count: number): boolean;
 }
@@ -92,6 +94,8 @@ export class Channel {
   #drainScheduled = false;
   #blockedNeed = 0;
   readonly #acquired = new Map<number, Gpadl>();
+  /** The device's close while it still has I/O in flight (`onClose` returned a Promise). */
+  #closing: Promise<void> | undefined;
   #tpExt = new Uint8Array(64);
   #tpView = new DataView(this.#tpExt.buffer);
 
@@ -389,6 +393,11 @@ export class Channel {
     this.#params = undefined;
     this.#broken = false;
     this.#blockedNeed = 0;
+    if (g && this.#closing) {
+      // The device may still write guest memory: the ring stays until it is done.
+      this.#holdUntilClosed([g]);
+      return undefined;
+    }
     return g;
   }
 
@@ -483,9 +492,11 @@ export class Channel {
             this.#paused = true;
             break;
           }
+          // The read index is published once per pass, unless the guest waits for space.
+          if (ring.commitIfGuestWaits()) host.signalGuest(this);
         }
-        if (ring.commitRead()) host.signalGuest(this);
-        ring.setInterruptMask(false);
+        // Publish what was read and unmask (one fence), then re-check below.
+        if (ring.endRead()) host.signalGuest(this);
         if (this.#paused) {
           if (!this.#drainAgain) return;
           this.#paused = false;
@@ -534,9 +545,28 @@ export class Channel {
   #notifyClosed(): void {
     if (this.#deviceOpen) {
       this.#deviceOpen = false;
-      this.#call("onClose", () => this.device.onClose(this));
+      const r = this.#call("onClose", () => this.device.onClose(this));
+      if (r instanceof Promise) {
+        const closing = r;
+        this.#closing = closing;
+        const done = () => {
+          if (this.#closing === closing) this.#closing = undefined;
+        };
+        closing.then(done, done);
+      }
     }
-    this.#releaseAcquired();
+    if (!this.#closing) return this.#releaseAcquired();
+    const held = [...this.#acquired.values()];
+    this.#acquired.clear();
+    this.#holdUntilClosed(held);
+  }
+
+  /** Releases `gpadls` once the device's pending close settled. */
+  #holdUntilClosed(gpadls: readonly Gpadl[]): void {
+    if (gpadls.length === 0) return;
+    this.#host.afterClose(this, this.#closing!, () => {
+      for (const g of gpadls) this.#host.releaseGpadl(g);
+    });
   }
 
   #releaseAcquired(): void {

@@ -48,8 +48,13 @@ export interface VmbusDevice {
    * The channel closed: the guest closed it, the guest unloaded VMBus, the channel was
    * rescinded, its primary closed, or its ring turned out corrupt. Called once per `onOpen`
    * that succeeded. Afterwards sends fail and GPADL acquisitions are released.
+   *
+   * A device that still has work in flight touching guest memory (disk reads into guest pages)
+   * returns a Promise that settles when that work is done: until then the server keeps the
+   * channel's ring GPADL and the device's GPADLs (the guest's close completes with their
+   * teardown), holds UNLOAD_RESPONSE, and `VmbusServer.settled()` waits for it.
    */
-  onClose(channel: Channel): void;
+  onClose(channel: Channel): void | Promise<void>;
 
   /** A send that returned false can now be retried (the guest freed ring space). */
   onWritable?(channel: Channel): void;

@@ -231,6 +231,10 @@ export class VmbusServer {
   #queue: Outgoing[] = [];
   #queueHead = 0;
   #pumping = false;
+  /** Device closes still finishing I/O (see `VmbusDevice.onClose`). */
+  readonly #closing = new Set<Promise<void>>();
+  /** Bumped by every disconnect (unload, reset, new contact). */
+  #epoch = 0;
   readonly #msg = new Uint8Array(MAX_MESSAGE_SIZE);
   readonly #stats: VmbusStats = {
     messagesIn: 0,
@@ -284,6 +288,7 @@ export class VmbusServer {
       ringFailed: (ch, err) => this.#ringFailed(ch, err),
       acquireGpadl: (ch, id) => this.#acquireGpadl(ch, id),
       releaseGpadl: (g) => this.#releaseGpadl(g),
+      afterClose: (ch, done, release) => this.#afterClose(ch, done, release),
       enableSubChannels: (primary, count) => this.#enableSubChannels(primary, count),
     };
   }
@@ -404,10 +409,19 @@ export class VmbusServer {
 
   /**
    * Resets to the power-on state (VM reset): closes every channel and forgets the connection and
-   * all GPADLs, without telling the guest.
+   * all GPADLs, without telling the guest. Devices may still finish I/O into guest memory
+   * afterwards: await `settled()` before the memory is reused or unmapped.
    */
   reset(): void {
     this.#guard("reset", () => this.#disconnect());
+  }
+
+  /**
+   * Resolves once every device whose channels closed has finished the work it still had in
+   * flight (its `onClose` Promise settled) and the GPADLs it held were released. Never rejects.
+   */
+  async settled(): Promise<void> {
+    while (this.#closing.size > 0) await Promise.all(this.#closing);
   }
 
   /**
@@ -524,8 +538,11 @@ export class VmbusServer {
         this.#stats.messagesOut++;
       }
       if (this.#queueHead === q.length) {
-        this.#queue = [];
-        this.#queueHead = 0;
+        // Every signal pumps: reset only a queue that was used, so the usual call allocates nothing.
+        if (q.length !== 0) {
+          this.#queue = [];
+          this.#queueHead = 0;
+        }
       } else if (this.#queueHead > 64) {
         this.#queue = q.slice(this.#queueHead);
         this.#queueHead = 0;
@@ -670,16 +687,26 @@ export class VmbusServer {
     const vp = this.#conn?.targetVp ?? 0;
     this.#disconnect();
     this.#noteConnection((n) => logger.info(`guest unloaded VMBus${suppressed(n)}`));
-    this.#queueMessage(
-      MessageHeader.encode({ msgtype: Msg.UNLOAD_RESPONSE }),
-      vp,
-      VMBUS_MESSAGE_SINT,
-    );
+    const respond = () =>
+      this.#queueMessage(
+        MessageHeader.encode({ msgtype: Msg.UNLOAD_RESPONSE }),
+        vp,
+        VMBUS_MESSAGE_SINT,
+      );
+    if (this.#closing.size === 0) return respond();
+    // A device still writes guest memory, which the guest reuses once it has the response.
+    const epoch = this.#epoch;
+    void this.settled().then(() => {
+      if (this.#epoch !== epoch) return; // reset or new contact meanwhile: nobody waits
+      this.#guard("unload response", respond);
+      this.pump();
+    });
   }
 
   /** Closes every channel, forgets GPADLs, offers and queued messages. */
   #disconnect(): void {
     this.#conn = undefined;
+    this.#epoch++;
     for (const ch of [...this.#channels.values()]) {
       const g = ch._close();
       if (g) this.#releaseGpadl(g);
@@ -924,6 +951,18 @@ export class VmbusServer {
     }
     g.users++;
     return g;
+  }
+
+  #afterClose(ch: Channel, done: Promise<void>, release: () => void): void {
+    const settled = done.then(
+      () => {},
+      (e) => this.#deviceThrew(ch, "onClose (async)", e),
+    ).then(() => {
+      this.#guard("release after close", release);
+      this.#guard("pump", () => this.pump());
+    });
+    this.#closing.add(settled);
+    settled.then(() => this.#closing.delete(settled));
   }
 
   #releaseGpadl(g: Gpadl): void {

@@ -3,15 +3,30 @@
  * JSON object with a `cmd`; each answer is one JSON object with `ok` and the result or `error`.
  *
  * ```
- * {"cmd":"status"}                         → {"ok":true,"boots":1,"heartbeat":{…},…}
+ * {"cmd":"status"}                         → {"ok":true,"boots":1,"heartbeat":{…},"exits":[…],…}
  * {"cmd":"shutdown"} / {"cmd":"reboot"}    → {"ok":true,"status":0}  (through the shutdown IC)
  * {"cmd":"kvp-get","key":"K","pool":0}     → {"ok":true,"value":"V"}
  * {"cmd":"kvp-set","key":"K","value":"V"}  → {"ok":true}
  * {"cmd":"channels"}                       → {"ok":true,"channels":[{relid,device,state,ringFill,…}]}
+ * {"cmd":"disks"}                          → {"ok":true,"disks":[DiskStatus,…]}
  * ```
+ *
+ * `disks` lists the SCSI disks by LUN (an empty list without `--disk`), each as
+ * `{"lun":0,"path":"disk.raw","format":"raw","readonly":false,"reads":n,"writes":n,
+ * "flushes":n,"bytesRead":n,"bytesWritten":n,"inFlight":n}` (see `DiskStatus`). Counters start
+ * at 0 when the VMM starts and survive guest reboots; `flushes` counts host fdatasync calls that
+ * returned success for the guest's SYNCHRONIZE CACHE or FUA writes, so a guest test can check
+ * that its `sync` reached the host.
+ *
+ * `status`'s `exits` has one object per vCPU, counted since the boot started: exits that reached
+ * user space by kind (`io`, `mmio`, `rdmsr`, `wrmsr`, `intr` for kicks and thread-timer signals,
+ * `hlt`, `other`), `hypercall`s, synthetic timers expired on the vCPU's thread (`stimer`), and
+ * `msrWrites` by Hyper-V MSR index (`{"0x40000095":n}`): what an idle guest costs, exit by exit.
  * @module
  */
 import type { IntegrationComponents } from "../devices/ic/mod.ts";
+import type { ScsiController } from "../devices/storage/mod.ts";
+import type { ExitSnapshot } from "../kvm/exit_counters.ts";
 import type { VmbusServer } from "../vmbus/mod.ts";
 import { getLogger } from "../util/log.ts";
 
@@ -23,6 +38,57 @@ export interface ControlTarget {
   cpus: number;
   vmbus: VmbusServer | undefined;
   ics: IntegrationComponents | undefined;
+  /** The SCSI controller of `--disk` (undefined without disks). */
+  scsi: ScsiController | undefined;
+  /** Exit counters of each vCPU since this boot started (`status`'s `exits`). */
+  exits?: () => ExitSnapshot[];
+}
+
+/** One disk in the `disks` reply. Counters count commands the backend completed successfully. */
+export interface DiskStatus {
+  /** SCSI LUN the guest sees. */
+  lun: number;
+  /** Image path ("" for a backend without a file). */
+  path: string;
+  /** `raw` or `qcow2`. */
+  format: string;
+  /** True when the guest sees the disk write-protected. */
+  readonly: boolean;
+  /** READ commands completed. */
+  reads: number;
+  /** WRITE / WRITE SAME commands completed. */
+  writes: number;
+  /** Flushes completed: host fdatasync returned success (SYNCHRONIZE CACHE, FUA writes). */
+  flushes: number;
+  /** Bytes returned by those reads. */
+  bytesRead: number;
+  /** Bytes stored by those writes. */
+  bytesWritten: number;
+  /** SCSI commands in flight right now. */
+  inFlight: number;
+}
+
+/** The `disks` reply body: every disk of `controller`, by LUN. */
+export function diskStatus(controller: ScsiController | undefined): DiskStatus[] {
+  if (!controller) return [];
+  const out: DiskStatus[] = [];
+  for (const lun of controller.luns()) {
+    const d = controller.get(lun)!;
+    const s = d.stats;
+    out.push({
+      lun,
+      path: d.backend.path ?? "",
+      format: d.backend.format,
+      readonly: d.info.readOnly,
+      reads: s.reads,
+      writes: s.writes,
+      flushes: s.flushes,
+      bytesRead: s.bytesRead,
+      bytesWritten: s.bytesWritten,
+      inFlight: d.inflight,
+    });
+  }
+  return out;
 }
 
 /** Largest request line accepted (bytes). */
@@ -52,6 +118,7 @@ export async function handleControlRequest(
           cpus: target.cpus,
           vmbus: target.vmbus?.connection ? "connected" : "not connected",
           heartbeat: ics?.heartbeat.health ?? null,
+          ...(target.exits ? { exits: target.exits() } : {}),
         };
       case "shutdown":
       case "reboot": {
@@ -78,6 +145,8 @@ export async function handleControlRequest(
       }
       case "channels":
         return { ok: true, channels: target.vmbus?.channels() ?? [] };
+      case "disks":
+        return { ok: true, disks: diskStatus(target.scsi) };
       default:
         return { ok: false, error: `unknown cmd ${JSON.stringify(req.cmd)}` };
     }

@@ -15,6 +15,11 @@
  * outside RAM or smaller than its data transfer length) is answered with an error status and the
  * channel goes on; a packet that cannot be a vstor packet at all (too short, wrong packet type)
  * stops that channel only. All logging a guest can trigger is rate-limited.
+ *
+ * Close, unload, reset: completions of commands still in flight are dropped, and `onClose`
+ * returns a Promise that settles once their backend I/O (which may be writing guest pages) did;
+ * the VMBus server keeps the ring until then, so the guest's close, UNLOAD_RESPONSE and the
+ * VMM's teardown of guest memory all wait for it.
  * @module
  */
 import { getLogger, rateLimited } from "../../util/log.ts";
@@ -89,6 +94,8 @@ export interface StorvspStats {
 interface ChanState {
   readonly ch: Channel;
   inflight: number;
+  /** Resolves `onClose`'s Promise once the last in-flight command settled after close. */
+  drained: (() => void) | undefined;
   readonly backlog: { tid: bigint; payload: Uint8Array }[];
   paused: boolean;
   dead: boolean;
@@ -96,13 +103,18 @@ interface ChanState {
   pendingRescan: boolean;
 }
 
-/** A VMBus data buffer over guest memory, limited to the request's transfer length. */
+/**
+ * A VMBus data buffer over guest memory, limited to the request's transfer length. Copies into
+ * it stop once its channel closed: the guest may have reused the pages.
+ */
 class GuestBuffer implements ScsiBuffer {
   readonly length: number;
   readonly #sg: SgBuffer;
-  constructor(sg: SgBuffer, length: number) {
+  readonly #cs: ChanState;
+  constructor(sg: SgBuffer, length: number, cs: ChanState) {
     this.#sg = sg;
     this.length = length;
+    this.#cs = cs;
   }
   get segments(): readonly Uint8Array[] {
     return this.#sg.segments;
@@ -111,7 +123,7 @@ class GuestBuffer implements ScsiBuffer {
     this.#sg.read(offset, dst);
   }
   write(offset: number, src: Uint8Array): void {
-    this.#sg.write(offset, src);
+    if (!this.#cs.closed) this.#sg.write(offset, src);
   }
 }
 
@@ -217,6 +229,7 @@ export class StorvspDevice implements VmbusDevice {
     const cs: ChanState = {
       ch: channel,
       inflight: 0,
+      drained: undefined,
       backlog: [],
       paused: false,
       dead: false,
@@ -232,10 +245,15 @@ export class StorvspDevice implements VmbusDevice {
     return true;
   }
 
-  /** @inheritdoc */
-  onClose(channel: Channel): void {
+  /**
+   * Forgets the channel: nothing more goes to its ring, and completions of commands still in
+   * flight are dropped. Those commands' backend I/O may still be moving data straight into
+   * guest pages, so the returned Promise settles only once the last of them did; the VMBus
+   * server holds the ring GPADL (the guest's close) and its `settled()` until then.
+   */
+  onClose(channel: Channel): Promise<void> | undefined {
     const cs = this.#chans.get(channel);
-    if (!cs) return;
+    if (!cs) return undefined;
     cs.closed = true;
     cs.backlog.length = 0;
     this.#chans.delete(channel);
@@ -244,6 +262,8 @@ export class StorvspDevice implements VmbusDevice {
       this.#state = "begin";
       this.#version = 0;
     }
+    if (cs.inflight === 0) return undefined;
+    return new Promise((resolve) => cs.drained = resolve);
   }
 
   /** @inheritdoc */
@@ -506,7 +526,7 @@ export class StorvspDevice implements VmbusDevice {
         finish(adapterError(SrbStatus.INVALID_REQUEST));
         return true;
       }
-      data = new GuestBuffer(sg, dtl);
+      data = new GuestBuffer(sg, dtl, cs);
     } else if (dtl !== 0) {
       finish(adapterError(SrbStatus.INVALID_REQUEST));
       return true;
@@ -528,15 +548,19 @@ export class StorvspDevice implements VmbusDevice {
       return true;
     }
     cs.inflight++;
-    r.then(finish, (e) => {
+    const failed = (e: unknown) => {
       this.#warnLimited("{name}: SCSI command failed: {error}", {
         name: this.name,
         error: String(e),
       });
+    };
+    r.then(finish, (e) => {
+      failed(e);
       finish(adapterError(SrbStatus.ERROR));
-    }).finally(() => {
-      cs.inflight--;
-      this.#maybeResume(cs);
+    }).catch(failed).then(() => {
+      // Settles with the backend I/O: nothing touches guest memory for this command after.
+      if (--cs.inflight === 0 && cs.drained) cs.drained();
+      else this.#maybeResume(cs);
     });
     return true;
   }

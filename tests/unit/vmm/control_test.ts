@@ -1,11 +1,21 @@
 import assert from "node:assert/strict";
+import { RawFileBackend } from "../../../src/devices/storage/backend/raw.ts";
+import { ScsiController } from "../../../src/devices/storage/scsi/controller.ts";
+import { ScsiDisk } from "../../../src/devices/storage/scsi/disk.ts";
 import {
   type ControlTarget,
   handleControlRequest,
   serveControl,
 } from "../../../src/vmm/control.ts";
+import { MemoryBackend } from "../devices/storage/helpers.ts";
 
-const target: ControlTarget = { boots: 2, cpus: 4, vmbus: undefined, ics: undefined };
+const target: ControlTarget = {
+  boots: 2,
+  cpus: 4,
+  vmbus: undefined,
+  ics: undefined,
+  scsi: undefined,
+};
 
 Deno.test("control requests: status, unknown, malformed, no VM, no VMBus", async () => {
   assert.deepEqual(await handleControlRequest('{"cmd":"status"}', target), {
@@ -34,6 +44,75 @@ Deno.test("control requests: status, unknown, malformed, no VM, no VMBus", async
     ok: true,
     channels: [],
   });
+  assert.deepEqual(await handleControlRequest('{"cmd":"disks"}', target), { ok: true, disks: [] });
+});
+
+Deno.test("control disks: per-disk counters after guest-like I/O, exact reply shape over the socket", async () => {
+  const dir = await Deno.makeTempDir();
+  const image = `${dir}/d0.raw`;
+  Deno.writeFileSync(image, new Uint8Array(1 << 20));
+  const scsi = new ScsiController();
+  const d0 = new ScsiDisk(RawFileBackend.open(image));
+  scsi.attach(0, d0);
+  scsi.attach(2, new ScsiDisk(new MemoryBackend(1 << 20), { readOnly: true }));
+  const io = (cdb: number[], bytes: number) => {
+    const data = new Uint8Array(bytes);
+    return d0.execute({
+      cdb: Uint8Array.from(cdb),
+      data: { length: bytes, segments: [data], read: () => {}, write: () => {} },
+      dataLength: bytes,
+    });
+  };
+  await io([0x2a, 0, 0, 0, 0, 8, 0, 0, 8, 0], 4096); // WRITE(10) 8 blocks at LBA 8
+  await io([0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0], 8192); // READ(10) 16 blocks
+  await io([0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0); // SYNCHRONIZE CACHE(10)
+  const path = `${dir}/ctl.sock`;
+  const server = serveControl(path, () => ({ ...target, scsi }));
+  try {
+    const conn = await Deno.connect({ transport: "unix", path });
+    await conn.write(new TextEncoder().encode('{"cmd":"disks"}\n'));
+    let text = "";
+    const buf = new Uint8Array(4096);
+    while (!text.includes("\n")) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      text += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    conn.close();
+    assert.deepEqual(JSON.parse(text), {
+      ok: true,
+      disks: [
+        {
+          lun: 0,
+          path: image,
+          format: "raw",
+          readonly: false,
+          reads: 1,
+          writes: 1,
+          flushes: 1,
+          bytesRead: 8192,
+          bytesWritten: 4096,
+          inFlight: 0,
+        },
+        {
+          lun: 2,
+          path: "",
+          format: "memory",
+          readonly: true,
+          reads: 0,
+          writes: 0,
+          flushes: 0,
+          bytesRead: 0,
+          bytesWritten: 0,
+          inFlight: 0,
+        },
+      ],
+    });
+  } finally {
+    server.close();
+    d0.backend.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("control socket answers JSON lines over a unix socket", async () => {

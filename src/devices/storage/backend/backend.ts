@@ -30,8 +30,10 @@ export class DiskError extends Error {
 
 /** A disk image behind a SCSI logical unit. */
 export interface DiskBackend {
-  /** Image format, for logs (`raw`, `qcow2`). */
+  /** Image format, for logs and the control socket (`raw`, `qcow2`). */
   readonly format: string;
+  /** The image file, when there is one (for logs and the control socket). */
+  readonly path?: string;
   /** Virtual size in bytes (a multiple of `sectorSize`). */
   readonly size: number;
   /** Logical sector size the guest sees (512 or 4096). */
@@ -50,7 +52,18 @@ export interface DiskBackend {
   read(offset: number, dst: Uint8Array): Promise<void>;
   /** Writes `src` at byte `offset`. Rejects with `DiskError`. */
   write(offset: number, src: Uint8Array): Promise<void>;
-  /** Makes completed writes durable (fdatasync). */
+  /**
+   * Reads the bytes at `offset` into `dst`'s views in order (scatter: a guest page list), as
+   * one transfer of their total length, without an intermediate copy where the format allows.
+   * Rejects with `DiskError`.
+   */
+  readv(offset: number, dst: readonly Uint8Array[]): Promise<void>;
+  /** Writes `src`'s views in order (gather) at `offset`. Rejects with `DiskError`. */
+  writev(offset: number, src: readonly Uint8Array[]): Promise<void>;
+  /**
+   * Makes completed writes durable: resolves only after the host's fdatasync (data and the
+   * metadata needed to read it back, qcow2 tables and refcounts included) returned success.
+   */
   flush(): Promise<void>;
   /** Deallocates `[offset, offset+length)`; afterwards the range reads as zeros. */
   discard(offset: number, length: number): Promise<void>;

@@ -33,6 +33,7 @@ import {
   setRefcount,
 } from "./qcow2_format.ts";
 import { ioError, RawFileBackend } from "./raw.ts";
+import { Segments } from "./segments.ts";
 
 /** Options of `Qcow2Backend.open`. */
 export interface Qcow2Options {
@@ -378,12 +379,15 @@ export class Qcow2Backend implements DiskBackend {
     return out;
   }
 
-  /** Reads guest bytes `[pos, pos+dst.length)` of the backing image (zeros past its end). */
-  async #readBacking(pos: number, dst: Uint8Array): Promise<void> {
+  /**
+   * Reads guest bytes `[pos, pos+n)` of the backing image into `dst` at `at` (zeros past its
+   * end).
+   */
+  async #readBacking(pos: number, dst: Segments, at: number, n: number): Promise<void> {
     const b = this.backing;
-    const avail = b ? Math.max(0, Math.min(dst.length, b.size - pos)) : 0;
-    if (avail > 0) await b!.read(pos, dst.subarray(0, avail));
-    if (avail < dst.length) dst.fill(0, avail);
+    const avail = b ? Math.max(0, Math.min(n, b.size - pos)) : 0;
+    if (avail > 0) await b!.readv(pos, dst.slice(at, avail));
+    if (avail < n) dst.fill(0, at + avail, n - avail);
   }
 
   #live(): void {
@@ -391,7 +395,17 @@ export class Qcow2Backend implements DiskBackend {
   }
 
   /** @inheritdoc */
-  async read(offset: number, dst: Uint8Array): Promise<void> {
+  read(offset: number, dst: Uint8Array): Promise<void> {
+    return this.readv(offset, [dst]);
+  }
+
+  /**
+   * Reads cluster by cluster: each run of host-contiguous data clusters is one `preadv` straight
+   * into the caller's views (cut at the run's edges), zero clusters are zero-filled in place,
+   * unallocated ones read through from the backing image.
+   */
+  async readv(offset: number, parts: readonly Uint8Array[]): Promise<void> {
+    const dst = new Segments(parts);
     checkRange(offset, dst.length, this.size);
     this.#live();
     const cs = this.#cs;
@@ -403,10 +417,11 @@ export class Qcow2Backend implements DiskBackend {
     const flush = () => {
       if (runHost < 0) return;
       const host = runHost;
-      const part = dst.subarray(runBuf, runBuf + (runEnd - runHost));
+      const at = runBuf;
+      const len = runEnd - runHost;
       jobs.push(
-        this.#file.read(part, host).then((n) => {
-          if (n < part.length) part.fill(0, n);
+        this.#file.readv(dst.slice(at, len), host).then((n) => {
+          if (n < len) dst.fill(0, at + n, len - n);
         }),
       );
       runHost = -1;
@@ -427,10 +442,10 @@ export class Qcow2Backend implements DiskBackend {
           continue;
         }
         flush();
-        const part = dst.subarray(p.bufOff, p.bufOff + p.n);
-        if (m.kind === "zero") part.fill(0);
-        else if (m.kind === "unallocated") jobs.push(this.#readBacking(p.gc * cs + p.inOff, part));
-        else throw this.#compressed(p.gc);
+        if (m.kind === "zero") dst.fill(0, p.bufOff, p.n);
+        else if (m.kind === "unallocated") {
+          jobs.push(this.#readBacking(p.gc * cs + p.inOff, dst, p.bufOff, p.n));
+        } else throw this.#compressed(p.gc);
       }
       flush();
       await Promise.all(jobs);
@@ -449,8 +464,18 @@ export class Qcow2Backend implements DiskBackend {
   }
 
   /** @inheritdoc */
-  async write(offset: number, src: Uint8Array): Promise<void> {
+  write(offset: number, src: Uint8Array): Promise<void> {
+    return this.writev(offset, [src]);
+  }
+
+  /**
+   * Writes cluster by cluster: runs of allocated, host-contiguous clusters are one `pwritev`
+   * straight from the caller's views; clusters that need allocation are written under the
+   * metadata lock (whole clusters from the views, partial ones merged over their old contents).
+   */
+  async writev(offset: number, parts: readonly Uint8Array[]): Promise<void> {
     if (this.readOnly) throw new DiskError("read-only", `'${this.path}' is read-only`);
+    const src = new Segments(parts);
     checkRange(offset, src.length, this.size);
     this.#live();
     const jobs: Promise<void>[] = [];
@@ -461,7 +486,7 @@ export class Qcow2Backend implements DiskBackend {
       let runBuf = 0;
       const flush = () => {
         if (runHost < 0) return;
-        jobs.push(this.#file.write(src.subarray(runBuf, runBuf + runEnd - runHost), runHost));
+        jobs.push(this.#file.writev(src.slice(runBuf, runEnd - runHost), runHost));
         runHost = -1;
       };
       for (const p of this.#pieces(offset, src.length)) {
@@ -495,7 +520,7 @@ export class Qcow2Backend implements DiskBackend {
   }
 
   /** Under the lock: gives the clusters of `pieces` host clusters and writes their data. */
-  async #allocateAndWrite(pieces: readonly Piece[], src: Uint8Array): Promise<void> {
+  async #allocateAndWrite(pieces: readonly Piece[], src: Segments): Promise<void> {
     const cs = this.#cs;
     // Re-check: another writer may have allocated some of these while we waited.
     const todo: { p: Piece; m: L2Entry; host: number }[] = [];
@@ -503,7 +528,7 @@ export class Qcow2Backend implements DiskBackend {
     for (const p of pieces) {
       const m = await this.#lookup(p.gc);
       if (m.kind === "data") {
-        inPlace.push(this.#file.write(src.subarray(p.bufOff, p.bufOff + p.n), m.host + p.inOff));
+        inPlace.push(this.#file.writev(src.slice(p.bufOff, p.n), m.host + p.inOff));
       } else if (m.kind === "compressed") {
         throw this.#compressed(p.gc);
       } else {
@@ -531,11 +556,13 @@ export class Qcow2Backend implements DiskBackend {
       const first = todo[i]!;
       if (j - i > 1 || first.p.n === cs) {
         const start = first.p.bufOff;
-        writes.push(this.#file.write(src.subarray(start, start + (j - i) * cs), first.host));
+        writes.push(this.#file.writev(src.slice(start, (j - i) * cs), first.host));
       } else {
         const buf = new Uint8Array(Math.min(cs, this.header.size - first.p.gc * cs));
-        if (first.m.kind === "unallocated") await this.#readBacking(first.p.gc * cs, buf);
-        buf.set(src.subarray(first.p.bufOff, first.p.bufOff + first.p.n), first.p.inOff);
+        if (first.m.kind === "unallocated") {
+          await this.#readBacking(first.p.gc * cs, new Segments([buf]), 0, buf.length);
+        }
+        src.copyOut(first.p.bufOff, buf.subarray(first.p.inOff, first.p.inOff + first.p.n));
         const whole = new Uint8Array(cs);
         whole.set(buf);
         writes.push(this.#file.write(whole, first.host));

@@ -7,7 +7,13 @@
  * Buffers: the data buffer is the initiator's (guest memory). Data-in commands with an
  * allocation length transfer `min(data, allocation length, buffer)` and report what they moved
  * (the initiator sees the rest as residual); READ/WRITE/VERIFY need a buffer at least as large
- * as the transfer length and fail with INVALID FIELD IN CDB otherwise.
+ * as the transfer length and fail with INVALID FIELD IN CDB otherwise. READ and WRITE hand the
+ * buffer's own views (a guest page list, however scattered) to the backend's `readv`/`writev`, so
+ * data moves between the image and guest memory without a copy; only buffers whose pieces are not
+ * known go through one.
+ *
+ * Durability: SYNCHRONIZE CACHE and FUA writes answer GOOD only after the backend's flush
+ * (fdatasync) returned; `stats` counts what the backend completed, for the control socket.
  * @module
  */
 import { getLogger, rateLimited } from "../../../util/log.ts";
@@ -58,6 +64,23 @@ export interface ScsiRequest {
   readonly dataLength: number;
 }
 
+/**
+ * Per-unit I/O counters, for the control socket and tests. A command is counted once the
+ * backend finished it successfully.
+ */
+export interface ScsiDiskStats {
+  /** READ(6/10/12/16) commands completed. */
+  reads: number;
+  /** WRITE(6/10/12/16), WRITE AND VERIFY and WRITE SAME commands that wrote data. */
+  writes: number;
+  /** Backend flushes that returned success (SYNCHRONIZE CACHE, FUA writes): fdatasync ran. */
+  flushes: number;
+  /** Bytes those reads returned. */
+  bytesRead: number;
+  /** Bytes those writes stored. */
+  bytesWritten: number;
+}
+
 /** Options of `ScsiDisk`. */
 export interface ScsiDiskOptions {
   /** Serial number (VPD 80h); default derived from nothing: "hyperdeno". */
@@ -75,8 +98,6 @@ export interface ScsiDiskOptions {
 const log = getLogger("dev", "scsi");
 const backendErrorLimit = rateLimited();
 
-/** Segments of more pieces than this go through one bounce buffer instead. */
-const MAX_DIRECT_SEGMENTS = 8;
 /** Largest WRITE SAME / UNMAP descriptor, in bytes. */
 const MAX_UNMAP_BYTES = 1 << 30;
 const EMPTY = new Uint8Array(0);
@@ -118,6 +139,14 @@ export class ScsiDisk {
   readonly backend: DiskBackend;
   /** What INQUIRY and friends report. */
   readonly info: LunInfo;
+  /** I/O counters (live object). */
+  readonly stats: ScsiDiskStats = {
+    reads: 0,
+    writes: 0,
+    flushes: 0,
+    bytesRead: 0,
+    bytesWritten: 0,
+  };
   #inflight = 0;
   #drained: (() => void)[] = [];
 
@@ -145,6 +174,12 @@ export class ScsiDisk {
   /** Commands in flight. */
   get inflight(): number {
     return this.#inflight;
+  }
+
+  /** The backend's flush, counted once it succeeded (fdatasync returned). */
+  async #flush(): Promise<void> {
+    await this.backend.flush();
+    this.stats.flushes++;
   }
 
   /** Resolves when no command is in flight. */
@@ -287,7 +322,8 @@ export class ScsiDisk {
         const lba = ten ? be32(cdb, 2) : be48(cdb, 2);
         const blocks = ten ? be16(cdb, 7) : be32(cdb, 10);
         if (lba >= info.blocks || lba + blocks > info.blocks) return lbaOutOfRange(lba);
-        if (!info.readOnly) await this.backend.flush();
+        // GOOD goes back only after the backend's fdatasync returned (a failure is a sense).
+        if (!info.readOnly) await this.#flush();
         return good();
       }
       case ScsiOp.WRITE_SAME_10:
@@ -347,36 +383,24 @@ export class ScsiDisk {
     if (bad) return bad;
     const len = blocks * this.info.blockSize;
     if (len > 0) await this.#readInto(lba * this.info.blockSize, req.data, len);
+    this.stats.reads++;
+    this.stats.bytesRead += len;
     return good(len);
   }
 
+  /** Reads into the buffer's own views (scatter, no copy) when known, else through a copy. */
   async #readInto(offset: number, buf: ScsiBuffer, len: number): Promise<void> {
     const segs = prefixSegments(buf, len);
-    if (segs && segs.length <= MAX_DIRECT_SEGMENTS) {
-      let at = offset;
-      await Promise.all(segs.map((s) => {
-        const p = this.backend.read(at, s);
-        at += s.length;
-        return p;
-      }));
-      return;
-    }
+    if (segs) return await this.backend.readv(offset, segs);
     const bounce = new Uint8Array(len);
     await this.backend.read(offset, bounce);
     buf.write(0, bounce);
   }
 
+  /** Writes from the buffer's own views (gather, no copy) when known, else through a copy. */
   async #writeFrom(offset: number, buf: ScsiBuffer, len: number): Promise<void> {
     const segs = prefixSegments(buf, len);
-    if (segs && segs.length <= MAX_DIRECT_SEGMENTS) {
-      let at = offset;
-      await Promise.all(segs.map((s) => {
-        const p = this.backend.write(at, s);
-        at += s.length;
-        return p;
-      }));
-      return;
-    }
+    if (segs) return await this.backend.writev(offset, segs);
     const bounce = new Uint8Array(len);
     buf.read(0, bounce);
     await this.backend.write(offset, bounce);
@@ -388,7 +412,9 @@ export class ScsiDisk {
     if (bad) return bad;
     const len = blocks * this.info.blockSize;
     if (len > 0) await this.#writeFrom(lba * this.info.blockSize, req.data, len);
-    if (fua) await this.backend.flush();
+    this.stats.writes++;
+    this.stats.bytesWritten += len;
+    if (fua) await this.#flush();
     return good(len);
   }
 
@@ -447,6 +473,8 @@ export class ScsiDisk {
         n === chunkBlocks ? chunk : chunk.subarray(0, n * bs),
       );
     }
+    this.stats.writes++;
+    this.stats.bytesWritten += blocks * bs;
     return good(ndob ? 0 : bs);
   }
 

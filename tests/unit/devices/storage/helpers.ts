@@ -82,6 +82,51 @@ export function tempDir(): { path: string; [Symbol.dispose](): void } {
   };
 }
 
+/** The file system type of the mount holding `path` (from /proc/mounts), or undefined. */
+export function fsTypeOf(path: string): string | undefined {
+  let mounts: string;
+  try {
+    mounts = Deno.readTextFileSync("/proc/mounts");
+  } catch {
+    return undefined;
+  }
+  const real = Deno.realPathSync(path);
+  let best: { at: string; type: string } | undefined;
+  for (const line of mounts.split("\n")) {
+    const [, at, type] = line.split(" ");
+    if (!at || !type) continue;
+    const inside = real === at || real.startsWith(at.endsWith("/") ? at : `${at}/`);
+    if (inside && (!best || at.length > best.at.length)) best = { at, type };
+  }
+  return best?.type;
+}
+
+/**
+ * A temporary directory on a disk file system (O_DIRECT tests): the system temporary directory
+ * unless it is tmpfs, else /var/tmp, else the repository's `.cache`.
+ */
+export function diskTempDir(): { path: string; [Symbol.dispose](): void } {
+  const repoCache = new URL("../../../../.cache", import.meta.url).pathname;
+  const candidates = [undefined, "/var/tmp", repoCache];
+  for (const parent of candidates) {
+    try {
+      if (parent) Deno.mkdirSync(parent, { recursive: true });
+      const prefix = "hyperdeno-storage-";
+      const path = Deno.makeTempDirSync(parent ? { prefix, dir: parent } : { prefix });
+      if (fsTypeOf(path) !== "tmpfs" || parent === repoCache) {
+        return {
+          path,
+          [Symbol.dispose]() {
+            Deno.removeSync(path, { recursive: true });
+          },
+        };
+      }
+      Deno.removeSync(path, { recursive: true });
+    } catch { /* try the next */ }
+  }
+  return tempDir();
+}
+
 /** Deterministic bytes. */
 export function pattern(length: number, seed = 1): Uint8Array {
   const out = new Uint8Array(length);
@@ -153,6 +198,29 @@ export class MemoryBackend implements DiskBackend {
     checkRange(offset, src.length, this.size);
     await this.#io();
     this.bytes.set(src, offset);
+  }
+
+  async readv(offset: number, dst: readonly Uint8Array[]): Promise<void> {
+    const length = dst.reduce((n, d) => n + d.length, 0);
+    checkRange(offset, length, this.size);
+    await this.#io();
+    let at = offset;
+    for (const d of dst) {
+      d.set(this.bytes.subarray(at, at + d.length));
+      at += d.length;
+    }
+  }
+
+  async writev(offset: number, src: readonly Uint8Array[]): Promise<void> {
+    if (this.readOnly) throw new DiskError("read-only", "read-only");
+    const length = src.reduce((n, d) => n + d.length, 0);
+    checkRange(offset, length, this.size);
+    await this.#io();
+    let at = offset;
+    for (const d of src) {
+      this.bytes.set(d, at);
+      at += d.length;
+    }
   }
 
   async flush(): Promise<void> {
