@@ -66,6 +66,13 @@ export interface GuestSpec extends Omit<InitramfsOptions, "markerPrefix"> {
   readonly input?: { readonly after: string; readonly text: string };
   /** Called with the VMM process right after it is spawned (to signal it, for example). */
   readonly onSpawn?: (child: Deno.ChildProcess) => void;
+  /** Called for each `hd_mark KEY VALUE` line as it arrives, while the VMM runs; console reading
+   * waits for it. Text it returns is typed into the guest's console (a body can `read` it to wait
+   * for the host: `hd_mark ready 1; read -t 120 -r reply`). */
+  readonly onMark?: (
+    key: string,
+    value: string,
+  ) => string | undefined | void | Promise<string | undefined | void>;
 }
 
 /** What one boot produced: the serial report plus how the VMM ended. */
@@ -218,14 +225,19 @@ export async function bootGuest(spec: GuestSpec): Promise<GuestRun> {
   const child = new Deno.Command(argv[0]!, {
     args: argv.slice(1),
     cwd: REPO,
-    stdin: spec.input ? "piped" : "null",
+    stdin: spec.input || spec.onMark ? "piped" : "null",
     stdout: "piped",
     stderr: "piped",
   }).spawn();
   spec.onSpawn?.(child);
   let pendingInput = spec.input;
+  const type = async (text: string): Promise<void> => {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(text));
+    w.releaseLock();
+  };
   const markArrivals = new Map<string, number>();
-  const markRe = new RegExp(`${GUEST_MARKER_PREFIX}:mark ([^=\\s]+)=`, "g");
+  const markRe = new RegExp(`${GUEST_MARKER_PREFIX}:mark ([^=\\s]+)=([^\\n]*)`, "g");
   let scanned = 0;
   let endAt: number | undefined;
   let timedOut = false;
@@ -246,15 +258,16 @@ export async function bootGuest(spec: GuestSpec): Promise<GuestRun> {
     if (echo) await Deno.stderr.write(new TextEncoder().encode(defangMarkers(s)));
     const lastNl = serial.lastIndexOf("\n");
     if (lastNl > scanned) {
-      for (const m of serial.slice(scanned, lastNl).matchAll(markRe)) {
-        if (!markArrivals.has(m[1]!)) markArrivals.set(m[1]!, (performance.now() - start) / 1000);
-      }
+      const lines = serial.slice(scanned, lastNl);
       scanned = lastNl;
+      for (const m of lines.matchAll(markRe)) {
+        if (!markArrivals.has(m[1]!)) markArrivals.set(m[1]!, (performance.now() - start) / 1000);
+        const reply = await spec.onMark?.(m[1]!, m[2]!.replace(/\r$/, "").trim());
+        if (typeof reply === "string" && reply !== "") await type(reply);
+      }
     }
     if (pendingInput && serial.includes(pendingInput.after)) {
-      const w = child.stdin.getWriter();
-      await w.write(new TextEncoder().encode(pendingInput.text));
-      w.releaseLock();
+      await type(pendingInput.text);
       pendingInput = undefined;
     }
     if (endAt === undefined && serial.includes(`${GUEST_MARKER_PREFIX}:end`)) {
@@ -263,7 +276,7 @@ export async function bootGuest(spec: GuestSpec): Promise<GuestRun> {
   }
   const status = await child.status;
   const exitAt = performance.now();
-  if (spec.input) await child.stdin.close().catch(() => {});
+  if (spec.input || spec.onMark) await child.stdin.close().catch(() => {});
   clearTimeout(timer);
   return {
     ...parseSerial(serial, GUEST_MARKER_PREFIX),
