@@ -6,15 +6,16 @@
 import { parseArgs } from "node:util";
 import { UsageError } from "./src/util/errors.ts";
 import {
+  hvFeaturesOf,
   parseCpus,
   parseOnCrash,
   parseSeconds,
   parseSerial,
   parseSignedSeconds,
   parseSize,
+  parseSyndbg,
   type VmConfig,
 } from "./src/vmm/config.ts";
-import { parseHvFeatures } from "./src/hyperv/features.ts";
 import { parseDiskSpec } from "./src/devices/storage/backend/disk_spec.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
@@ -40,6 +41,9 @@ boot options:
   --no-reboot            exit 0 when the guest resets instead of rebooting it
   --hv LIST              Hyper-V enlightenments: all | none | comma list         (default: all)
   --hv-kvm-leaves        also expose KVM's CPUID leaves (at 0x40000100)
+  --syndbg SPEC          Hyper-V synthetic debugger bridged to the kernel debugger over UDP:
+                         [HOST:]PORT[,hcalls][,allow-remote] (HOST default 127.0.0.1; adds
+                         syndbg to --hv all; a HOST outside 127/8 needs allow-remote)
   --on-crash ACTION      guest crash report: poweroff | pause | reset            (default: poweroff)
   --shutdown-timeout S   seconds the guest gets after SIGTERM/SIGINT             (default: 30)
   --disk SPEC            synthetic SCSI disk (repeatable):
@@ -78,6 +82,7 @@ export function parseBootArgs(args: string[]): VmConfig {
         "no-reboot": { type: "boolean", default: false },
         hv: { type: "string", default: "all" },
         "hv-kvm-leaves": { type: "boolean", default: false },
+        syndbg: { type: "string" },
         "on-crash": { type: "string", default: "poweroff" },
         "shutdown-timeout": { type: "string", default: "30" },
         disk: { type: "string", multiple: true, default: [] },
@@ -113,7 +118,8 @@ export function parseBootArgs(args: string[]): VmConfig {
   };
   if (v.initrd !== undefined) config.initrdPath = v.initrd;
   if (v.control !== undefined) config.controlPath = v.control;
-  parseHvFeatures(config.hv); // a bad --hv list fails here, before any file is read
+  if (v.syndbg !== undefined) config.syndbg = parseSyndbg(v.syndbg);
+  hvFeaturesOf(config); // a bad --hv list (or --syndbg mismatch) fails here, before any file is read
   return config;
 }
 

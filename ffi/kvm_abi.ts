@@ -56,6 +56,7 @@ export const KVM_IOCTL = {
   KVM_SET_DEVICE_ATTR: 0x4018aee1,
   KVM_HAS_DEVICE_ATTR: 0x4018aee3,
   KVM_SET_BOOT_CPU_ID: 0xae78,
+  KVM_TRANSLATE: 0xc018ae85,
 } as const;
 
 /** Exit reasons, capabilities and flags. */
@@ -393,6 +394,12 @@ export const KVM_STRUCT = {
     exception_pending: 3,
     exception_error_code: 4,
     flags: 20,
+  },
+  kvm_translation: {
+    size: 24,
+    linear_address: 0,
+    physical_address: 8,
+    valid: 16,
   },
   kvm_clock_data: {
     size: 48,

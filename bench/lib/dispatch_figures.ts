@@ -19,7 +19,7 @@
  */
 import { KVM, KVM_STRUCT } from "../../ffi/kvm_abi.ts";
 import { GuestMemory } from "../../src/kvm/guest_memory.ts";
-import type { Vcpu } from "../../src/kvm/vcpu.ts";
+import { type Vcpu, VCPU_MODE } from "../../src/kvm/vcpu.ts";
 import { type ExitHandler, runVcpu } from "../../src/kvm/vcpu_loop.ts";
 
 import { Bus } from "../../src/machine/bus.ts";
@@ -43,12 +43,14 @@ const EXITS_PER_BATCH = 1000;
 /**
  * A stand-in for `Vcpu` over a plain page: `runOnce` reports the exit already in the page,
  * `exits` times, then a shutdown. Registers live in the page's sync area, as with
- * KVM_CAP_SYNC_REGS; `loadRegs`/`storeRegs`/`modeRegs` do what `Vcpu`'s do in that case.
+ * KVM_CAP_SYNC_REGS; `loadRegs`/`storeRegs`/`modeRegs`/`exitMode` do what `Vcpu`'s do in that
+ * case.
  */
 class FakeVcpu {
   readonly run: Uint8Array<ArrayBuffer>;
   readonly runView: DataView;
   readonly regs: BigUint64Array;
+  readonly regWords: Uint32Array;
   #left = 0;
   /** Called before each exit is reported (a guest re-loading its registers, say). */
   beforeExit: () => void = () => {};
@@ -57,6 +59,7 @@ class FakeVcpu {
     this.run = page;
     this.runView = new DataView(page.buffer);
     this.regs = new BigUint64Array(page.buffer, SYNC_REGS, 18);
+    this.regWords = new Uint32Array(page.buffer, SYNC_REGS, 36);
   }
 
   arm(exits: number): void {
@@ -76,7 +79,18 @@ class FakeVcpu {
   loadRegs(): void {}
 
   storeRegs(): void {
-    this.runView.setBigUint64(R.kvm_dirty_regs, BigInt(KVM.KVM_SYNC_X86_REGS), true);
+    this.runView.setUint32(R.kvm_dirty_regs, KVM.KVM_SYNC_X86_REGS, true);
+    this.runView.setUint32(R.kvm_dirty_regs + 4, 0, true);
+  }
+
+  exitMode(): number {
+    const S = KVM_STRUCT.kvm_sregs;
+    const G = KVM_STRUCT.kvm_segment;
+    const run = this.run;
+    return (run[SYNC_SREGS + S.cr0]! & 1 ? VCPU_MODE.PE : 0) |
+      (run[SYNC_SREGS + S.efer + 1]! & 4 ? VCPU_MODE.LMA : 0) |
+      (run[SYNC_SREGS + S.cs + G.l]! !== 0 ? VCPU_MODE.CS_L : 0) |
+      ((run[SYNC_SREGS + S.ss + G.dpl]! & 3) << VCPU_MODE.CPL_SHIFT);
   }
 
   modeRegs(): { efer: bigint; cr0: bigint; csL: number; cpl: number } {

@@ -35,6 +35,7 @@ int main(void) {
   IOCTL(KVM_GET_CLOCK) IOCTL(KVM_SET_CLOCK) IOCTL(KVM_GET_XCRS) IOCTL(KVM_SET_XCRS)
   IOCTL(KVM_GET_MP_STATE) IOCTL(KVM_SET_MP_STATE) IOCTL(KVM_GET_DEVICE_ATTR)
   IOCTL(KVM_SET_DEVICE_ATTR) IOCTL(KVM_HAS_DEVICE_ATTR) IOCTL(KVM_SET_BOOT_CPU_ID)
+  IOCTL(KVM_TRANSLATE)
   printf("} as const;\n\n");
 
   printf("/** Exit reasons, capabilities and flags. */\nexport const KVM = {\n");
@@ -212,6 +213,10 @@ int main(void) {
     FIELD_AS("exception_pending", struct kvm_vcpu_events, exception.pending)
     FIELD_AS("exception_error_code", struct kvm_vcpu_events, exception.error_code)
     FIELD(struct kvm_vcpu_events, flags)
+  STRUCT_END()
+  STRUCT_BEGIN("kvm_translation", struct kvm_translation)
+    FIELD(struct kvm_translation, linear_address) FIELD(struct kvm_translation, physical_address)
+    FIELD(struct kvm_translation, valid)
   STRUCT_END()
   STRUCT_BEGIN("kvm_clock_data", struct kvm_clock_data)
     FIELD(struct kvm_clock_data, clock) FIELD(struct kvm_clock_data, flags)

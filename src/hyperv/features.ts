@@ -5,7 +5,8 @@
  *
  * List items are applied left to right: `all` and `none` reset the set, `name` adds a feature,
  * `-name` removes one, `spinlocks=N` sets the spinlock retry count. So `all,-reset`,
- * `all,syndbg` and `vpindex,synic,time,stimer` are all valid.
+ * `all,syndbg` and `vpindex,synic,time,stimer` are all valid. `all` leaves `syndbg` out unless
+ * the caller says a debugger transport exists (`--syndbg`); see `parseHvFeatures`.
  * @module
  */
 import { UsageError } from "../util/errors.ts";
@@ -66,9 +67,11 @@ const DEPENDENCIES: Readonly<Partial<Record<HvFeatureName, readonly HvFeatureNam
 };
 
 /**
- * Features `all` turns on: everything except `syndbg`, which makes Windows look for a kernel
- * debugger transport that only exists once the syndbg UDP bridge is written (QEMU's
- * hv-passthrough skips it for the same reason).
+ * Features `all` turns on by itself: everything except `syndbg`. Offering the synthetic debugger
+ * tells Windows that a kernel debugger transport exists, which is only true when the VMM was
+ * given a debugger to bridge to (`--syndbg HOST:PORT`, a UDP endpoint); QEMU's hv-passthrough
+ * leaves it out for the same reason. `parseHvFeatures(spec, { syndbg: true })` makes `all`
+ * include it.
  */
 const ALL_EXCEPT: readonly HvFeatureName[] = ["syndbg"];
 
@@ -128,8 +131,9 @@ function parseSpinlocks(text: string): number {
 /**
  * Parses the `--hv` value. Throws `UsageError` for an unknown name, a bad `spinlocks=N`, or a
  * feature whose dependencies are missing (the message names the flag and what it needs).
+ * With `options.syndbg` (a debugger transport is configured) `all` includes `syndbg` too.
  */
-export function parseHvFeatures(spec: string): HvFeatures {
+export function parseHvFeatures(spec: string, options: { syndbg?: boolean } = {}): HvFeatures {
   const text = spec.trim();
   if (text === "") {
     throw new UsageError("--hv needs a value: all, none, or a comma list of enlightenments");
@@ -143,6 +147,7 @@ export function parseHvFeatures(spec: string): HvFeatures {
     }
     if (item === "all") {
       Object.assign(enabled, HV_FEATURES_ALL.enabled);
+      if (options.syndbg) enabled.syndbg = true;
       spinlocks = HV_FEATURES_ALL.spinlocks;
     } else if (item === "none") {
       Object.assign(enabled, emptySet());

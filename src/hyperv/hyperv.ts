@@ -6,7 +6,8 @@
  *
  * Worker side: `rdmsr`/`wrmsr` on MSR exits, `hypercall` on the hypercall port exit.
  * Main side: `synic.postMessage`/`synic.signalEvent` (VMBus host), `stimers.expire` (timerfd),
- * `synic.dispatchSlotFree()` when the `Notifier` eventfd fires.
+ * `synic.dispatchSlotFree()` when the `Notifier` eventfd fires, `syndbg.onReceivable()` when
+ * the debugger transport has a datagram.
  * @module
  */
 import type { GuestMemory } from "../kvm/guest_memory.ts";
@@ -24,6 +25,7 @@ import {
 import { HvMsrs } from "./msrs.ts";
 import { HvPartition } from "./partition.ts";
 import { SyntheticTimers, type TimerScheduler } from "./stimer.ts";
+import { type DebugTransport, SyntheticDebugger } from "./syndbg.ts";
 import { type Notifier, SynIC } from "./synic.ts";
 import type { GuestClock } from "./time.ts";
 import { HvVpRegisters, type VpRuntimeSource } from "./vp.ts";
@@ -38,6 +40,8 @@ export interface HyperVState {
   readonly vps: SharedArrayBuffer;
   readonly synic: SharedArrayBuffer;
   readonly stimers: SharedArrayBuffer;
+  /** Synthetic debugger registers (used only with `syndbg`). */
+  readonly syndbg: SharedArrayBuffer;
 }
 
 /** Everything the enlightenments need from the VMM; one set per thread. */
@@ -64,13 +68,21 @@ export interface HyperVDeps {
   yieldCpu?: (vp: number) => void;
   /** LAPIC timer frequency for HV_X64_MSR_APIC_FREQUENCY (default 1 GHz, KVM's). */
   apicHz?: number;
+  /** The synthetic debugger's link to the host debugger (`syndbg`); absent = none. */
+  debugTransport?: DebugTransport;
 }
 
 /** The Hyper-V enlightenments of one partition, as seen from one thread. */
 export class HyperV {
   /** Allocates the shared state of a partition with `vpCount` VPs. */
   static createState(
-    options: { vpCount: number; features: HvFeatures; invariantTsc?: boolean },
+    options: {
+      vpCount: number;
+      features: HvFeatures;
+      invariantTsc?: boolean;
+      /** With `syndbg`: the guest debugs through hypercalls (SYNDBG_OPTIONS.USE_HCALLS). */
+      syndbgHypercalls?: boolean;
+    },
   ): HyperVState {
     const { vpCount, features } = options;
     return {
@@ -81,6 +93,7 @@ export class HyperV {
       vps: HvVpRegisters.createState(vpCount),
       synic: SynIC.createState(vpCount),
       stimers: SyntheticTimers.createState(vpCount),
+      syndbg: SyntheticDebugger.createState({ useHypercalls: options.syndbgHypercalls ?? false }),
     };
   }
 
@@ -89,6 +102,8 @@ export class HyperV {
   readonly vps: HvVpRegisters;
   readonly synic: SynIC;
   readonly stimers: SyntheticTimers;
+  /** The synthetic debugger; undefined without `syndbg`. */
+  readonly syndbg: SyntheticDebugger | undefined;
   readonly msrs: HvMsrs;
   readonly hypercalls: HypercallHandler;
 
@@ -118,6 +133,12 @@ export class HyperV {
       now: () => this.partition.referenceTime(),
       directMode: hasFeature(features, "stimer-direct"),
     });
+    this.syndbg = hasFeature(features, "syndbg")
+      ? new SyntheticDebugger(state.syndbg, {
+        memory: deps.memory,
+        ...(deps.debugTransport ? { transport: deps.debugTransport } : {}),
+      })
+      : undefined;
     this.msrs = new HvMsrs({
       features,
       invariantTsc: state.invariantTsc,
@@ -125,6 +146,7 @@ export class HyperV {
       vps: this.vps,
       synic: this.synic,
       stimers: this.stimers,
+      ...(this.syndbg ? { syndbg: this.syndbg } : {}),
       power: deps.power,
     });
     this.hypercalls = new HypercallHandler({
@@ -136,6 +158,7 @@ export class HyperV {
       vpCount,
       ...(deps.bridge ? { bridge: deps.bridge } : {}),
       ...(deps.yieldCpu ? { yieldCpu: deps.yieldCpu } : {}),
+      ...(this.syndbg ? { syndbg: this.syndbg } : {}),
     });
   }
 
@@ -146,6 +169,7 @@ export class HyperV {
    */
   reset(): void {
     this.stimers.reset();
+    this.syndbg?.reset();
     this.synic.reset();
     this.vps.reset();
     this.partition.reset();

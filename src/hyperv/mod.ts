@@ -8,7 +8,8 @@
  *
  * Files: `tlfs.ts` numbers and wire layouts; `features.ts` the `--hv` switch; `cpuid.ts` leaves
  * and CPUID patching; `partition.ts`, `vp.ts`, `synic.ts`, `stimer.ts` register state;
- * `msrs.ts` MSR dispatch and filter ranges; `hypercall.ts` hypercalls; `crash.ts` crash
+ * `msrs.ts` MSR dispatch and filter ranges; `hypercall.ts` hypercalls; `syndbg.ts` the
+ * synthetic debugger (MSR and hypercall interfaces over a `DebugTransport`); `crash.ts` crash
  * reports; `time.ts` reference time; `hyperv.ts` the assembled partition.
  * @module
  */
@@ -21,6 +22,7 @@ export * from "./msrs.ts";
 export * from "./partition.ts";
 export * from "./stimer.ts";
 export * from "./synic.ts";
+export * from "./syndbg.ts";
 export * from "./time.ts";
 export * from "./vp.ts";
 export { msiAddress } from "./shared.ts";

@@ -14,6 +14,7 @@ import { grantsTscInvariant } from "./cpuid.ts";
 import { hasFeature, hvEnabled, type HvFeatureName, type HvFeatures } from "./features.ts";
 import type { HvPartition } from "./partition.ts";
 import type { SyntheticTimers } from "./stimer.ts";
+import type { SyntheticDebugger } from "./syndbg.ts";
 import type { SynIC } from "./synic.ts";
 import * as T from "./tlfs.ts";
 import type { HvVpRegisters } from "./vp.ts";
@@ -62,11 +63,13 @@ export interface HvMsrsDeps {
   vps: HvVpRegisters;
   synic: SynIC;
   stimers: SyntheticTimers;
+  /** SYNDBG MSRs; absent: they raise #GP even with `syndbg`. */
+  syndbg?: SyntheticDebugger;
   /** HV_X64_MSR_RESET target. */
   power: PowerControl;
 }
 
-type Group = "partition" | "vp" | "synic" | "stimer" | "reset";
+type Group = "partition" | "vp" | "synic" | "stimer" | "syndbg" | "reset";
 
 interface Route {
   group: Group;
@@ -100,7 +103,7 @@ function route(index: number): Route | undefined {
     case T.HV_X64_MSR_EOM:
       return { group: "synic", feature: "synic" };
     case T.HV_X64_MSR_SYNDBG_OPTIONS:
-      return { group: "partition", feature: "syndbg" };
+      return { group: "syndbg", feature: "syndbg" };
     case T.HV_X64_MSR_CRASH_CTL:
       return { group: "partition", feature: "crash" };
     case T.HV_X64_MSR_REENLIGHTENMENT_CONTROL:
@@ -117,7 +120,7 @@ function route(index: number): Route | undefined {
     return { group: "stimer", feature: "stimer" };
   }
   if (index >= T.HV_X64_MSR_SYNDBG_CONTROL && index <= T.HV_X64_MSR_SYNDBG_PENDING_BUFFER) {
-    return { group: "partition", feature: "syndbg" };
+    return { group: "syndbg", feature: "syndbg" };
   }
   if (index >= T.HV_X64_MSR_CRASH_P0 && index <= T.HV_X64_MSR_CRASH_P4) {
     return { group: "partition", feature: "crash" };
@@ -171,6 +174,9 @@ export class HvMsrs {
         case "stimer":
           v = this.#d.stimers.readMsr(vp, index);
           break;
+        case "syndbg":
+          v = this.#d.syndbg?.readMsr(index);
+          break;
         case "reset":
           v = 0n;
           break;
@@ -201,6 +207,9 @@ export class HvMsrs {
           break;
         case "stimer":
           ok = this.#d.stimers.writeMsr(vp, index, value);
+          break;
+        case "syndbg":
+          ok = this.#d.syndbg?.writeMsr(index, value) ?? false;
           break;
         case "reset":
           ok = this.#writeReset(value);

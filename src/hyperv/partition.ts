@@ -1,10 +1,10 @@
 /**
  * Partition-wide synthetic MSRs: guest OS id, hypercall page, reference time (TIME_REF_COUNT
  * and the reference TSC page), frequencies, crash registers, reenlightenment / TSC emulation /
- * TSC invariant controls and the synthetic debugger registers. The values live in a
- * SharedArrayBuffer so every vCPU worker sees what another one wrote (TLFS: "If one virtual
- * processor successfully writes to the MSR, another virtual processor will read the same
- * value").
+ * TSC invariant controls (the synthetic debugger's registers are in `syndbg.ts`). The values
+ * live in a SharedArrayBuffer so every vCPU worker sees what another one wrote (TLFS: "If one
+ * virtual processor successfully writes to the MSR, another virtual processor will read the
+ * same value").
  *
  * Feature gating (an MSR whose feature is off raises #GP) is done by `msrs.ts`; this class only
  * implements the semantics. `readMsr`/`writeMsr` return `undefined`/`false` for #GP.
@@ -33,9 +33,10 @@ const S_REENLIGHTENMENT = 9;
 const S_TSC_EMU_CONTROL = 10;
 const S_TSC_EMU_STATUS = 11;
 const S_TSC_INVARIANT = 12;
-const S_SYNDBG_CONTROL = 13; // CONTROL, STATUS, SEND, RECV, PENDING: 13..17
-const S_SYNDBG_OPTIONS = 18;
+// 13..18: unused (the synthetic debugger registers moved to syndbg.ts).
 const U64_SLOTS = 24;
+/** HV_MSR_ENABLE within the low 32-bit half of the HYPERCALL slot. */
+const HYPERCALL_ENABLE_LO = Number(T.HV_MSR_ENABLE);
 // i32 slots, after the u64 ones.
 const I_LOCK = U64_SLOTS * 2;
 const I_TSC_SEQUENCE = I_LOCK + 1;
@@ -110,12 +111,12 @@ export class HvPartition {
 
   /** True when hypercalls may be made: guest OS id set and hypercall page enabled. */
   get hypercallsEnabled(): boolean {
-    return this.guestOsId !== 0n && (this.hypercallMsr & T.HV_MSR_ENABLE) !== 0n;
-  }
-
-  /** SYNDBG_OPTIONS (the hypercall path checks USE_HCALLS). */
-  get syndbgOptions(): bigint {
-    return this.#get(S_SYNDBG_OPTIONS);
+    // Asked on every hypercall exit, so read as plain 32-bit halves: a BigInt load allocates
+    // and an Atomics.load is a call. An aligned 32-bit read cannot tear, and no ordering is
+    // needed: the guest orders its MSR writes before its hypercalls itself.
+    const i32 = this.#i32;
+    return (i32[S_GUEST_OS_ID * 2]! | i32[S_GUEST_OS_ID * 2 + 1]!) !== 0 &&
+      (i32[S_HYPERCALL * 2]! & HYPERCALL_ENABLE_LO) !== 0;
   }
 
   /** Partition reference time now: 100 ns units since VM start (TIME_REF_COUNT). */
@@ -149,14 +150,9 @@ export class HvPartition {
         return this.#get(S_TSC_EMU_STATUS);
       case T.HV_X64_MSR_TSC_INVARIANT_CONTROL:
         return this.#get(S_TSC_INVARIANT);
-      case T.HV_X64_MSR_SYNDBG_OPTIONS:
-        return this.#get(S_SYNDBG_OPTIONS);
     }
     if (index >= T.HV_X64_MSR_CRASH_P0 && index <= T.HV_X64_MSR_CRASH_P4) {
       return this.#get(S_CRASH_P0 + index - T.HV_X64_MSR_CRASH_P0);
-    }
-    if (index >= T.HV_X64_MSR_SYNDBG_CONTROL && index <= T.HV_X64_MSR_SYNDBG_PENDING_BUFFER) {
-      return this.#get(S_SYNDBG_CONTROL + index - T.HV_X64_MSR_SYNDBG_CONTROL);
     }
     return undefined;
   }
@@ -200,17 +196,9 @@ export class HvPartition {
         if (value & ~1n) return false;
         this.#set(S_TSC_INVARIANT, value);
         return true;
-      case T.HV_X64_MSR_SYNDBG_OPTIONS:
-        this.#set(S_SYNDBG_OPTIONS, value);
-        return true;
     }
     if (index >= T.HV_X64_MSR_CRASH_P0 && index <= T.HV_X64_MSR_CRASH_P4) {
       this.#set(S_CRASH_P0 + index - T.HV_X64_MSR_CRASH_P0, value);
-      return true;
-    }
-    if (index >= T.HV_X64_MSR_SYNDBG_CONTROL && index <= T.HV_X64_MSR_SYNDBG_PENDING_BUFFER) {
-      // Stored only: the debugger transport (UDP bridge) is not implemented yet.
-      this.#set(S_SYNDBG_CONTROL + index - T.HV_X64_MSR_SYNDBG_CONTROL, value);
       return true;
     }
     return false;

@@ -184,8 +184,22 @@ export const HV_STIMER_CONFIG_RSVDZ = (0x7n << 13n) | (~0xfffffn & 0xffff_ffff_f
 // REENLIGHTENMENT_CONTROL fields: vector 7:0, enabled 16, target VP 63:32.
 export const HV_REENLIGHTENMENT_ENABLED = 1n << 16n;
 export const HV_REENLIGHTENMENT_RSVDZ = (0xffn << 8n) | (0x7fffn << 17n);
-/** SYNDBG_OPTIONS: the guest debugger uses hypercalls instead of the buffer MSRs. */
+/**
+ * SYNDBG_OPTIONS: the guest debugger uses hypercalls (HvPostDebugData, ...) instead of the
+ * buffer MSRs. The host sets it before the guest runs; KVM refuses the calls without it.
+ */
 export const HV_SYNDBG_OPTION_USE_HCALLS = 1n << 2n;
+// SYNDBG_CONTROL fields (QEMU target/i386/kvm/hyperv-proto.h): send, receive, send size 31:16.
+export const HV_SYNDBG_CONTROL_SEND = 1n << 0n;
+export const HV_SYNDBG_CONTROL_RECV = 1n << 1n;
+export const HV_SYNDBG_CONTROL_SEND_SIZE_SHIFT = 16n;
+export const HV_SYNDBG_CONTROL_SEND_SIZE_MASK = 0xffffn;
+// SYNDBG_STATUS fields: 0 means the last operation failed (or found nothing to receive);
+// received size in 31:16.
+export const HV_SYNDBG_STATUS_SEND_SUCCESS = 1n << 0n;
+export const HV_SYNDBG_STATUS_RECV_SUCCESS = 1n << 2n;
+export const HV_SYNDBG_STATUS_RESET = 1n << 3n;
+export const HV_SYNDBG_STATUS_SIZE_SHIFT = 16n;
 
 // --- Guest OS identity (HV_X64_MSR_GUEST_OS_ID) ---
 
@@ -241,6 +255,8 @@ export const HV_STATUS_INVALID_CONNECTION_ID = 0x0012;
 export const HV_STATUS_INSUFFICIENT_BUFFERS = 0x0013;
 export const HV_STATUS_INVALID_VP_INDEX = 0x000e;
 export const HV_STATUS_INVALID_SYNIC_STATE = 0x0018;
+/** HvRetrieveDebugData: nothing was received. */
+export const HV_STATUS_NO_DATA = 0x001b;
 
 // Flush flags (HV_FLUSH_FLAGS).
 export const HV_FLUSH_ALL_PROCESSORS = 1n << 0n;
@@ -344,4 +360,67 @@ export const HV_SEND_IPI_EX = defineLayout("hv_send_ipi_ex", 24, {
   reserved: { offset: 5, type: { bytes: 3 } },
   format: { offset: 8, type: "u64" },
   validBankMask: { offset: 16, type: "u64" },
+});
+
+// --- Synthetic debugger hypercalls (HvPostDebugData, HvRetrieveDebugData, HvResetDebugSession) ---
+// Layouts as in Windows' hvgdk_mini.h and QEMU include/hw/hyperv/hyperv-proto.h (packed).
+
+/** Largest debug payload of one call: a page minus the 8-byte header. */
+export const HV_DEBUG_MAXIMUM_DATA_SIZE = 4088;
+/** HvPostDebugData options. */
+export const HV_DEBUG_POST_LOOP = 0x1;
+export const HV_DEBUG_POST_RAW_PACKET = 0x2;
+export const HV_DEBUG_POST_OPTIONS_VALID = 0x3;
+/** HvRetrieveDebugData options. */
+export const HV_DEBUG_RETRIEVE_LOOP = 0x1;
+export const HV_DEBUG_RETRIEVE_TEST_ACTIVITY = 0x2;
+export const HV_DEBUG_RETRIEVE_RAW_PACKET = 0x4;
+export const HV_DEBUG_RETRIEVE_OPTIONS_VALID = 0x7;
+/** HvResetDebugSession options. */
+export const HV_DEBUG_PURGE_INCOMING_DATA = 0x1;
+export const HV_DEBUG_PURGE_OUTGOING_DATA = 0x2;
+export const HV_DEBUG_RETRIEVE_DEBUG_CONFIG = 0x4;
+export const HV_DEBUG_USE_RAW_PACKETS = 0x8;
+export const HV_DEBUG_RESET_OPTIONS_VALID = 0xf;
+
+/** HvPostDebugData input header; `count` bytes of data follow it. */
+export const HV_INPUT_POST_DEBUG_DATA = defineLayout("hv_input_post_debug_data", 8, {
+  count: { offset: 0, type: "u32" },
+  options: { offset: 4, type: "u32" },
+});
+
+/** HvPostDebugData output. */
+export const HV_OUTPUT_POST_DEBUG_DATA = defineLayout("hv_output_post_debug_data", 4, {
+  pendingCount: { offset: 0, type: "u32" },
+});
+
+/** HvRetrieveDebugData input; `timeout` in 100 ns units. */
+export const HV_INPUT_RETRIEVE_DEBUG_DATA = defineLayout("hv_input_retrieve_debug_data", 16, {
+  count: { offset: 0, type: "u32" },
+  options: { offset: 4, type: "u32" },
+  timeout: { offset: 8, type: "u64" },
+});
+
+/** HvRetrieveDebugData output header; the received bytes follow it. */
+export const HV_OUTPUT_RETRIEVE_DEBUG_DATA = defineLayout("hv_output_retrieve_debug_data", 8, {
+  retrievedCount: { offset: 0, type: "u32" },
+  remainingCount: { offset: 4, type: "u32" },
+});
+
+/** HvResetDebugSession input. */
+export const HV_INPUT_RESET_DEBUG_SESSION = defineLayout("hv_input_reset_debug_session", 4, {
+  options: { offset: 0, type: "u32" },
+});
+
+/**
+ * HvResetDebugSession output (`HV_DEBUG_NET_DATA`): where the debugger is. Addresses and ports
+ * are host-order integers (QEMU writes `ntohl(sin_addr)`), MACs all zero.
+ */
+export const HV_OUTPUT_RESET_DEBUG_SESSION = defineLayout("hv_output_reset_debug_session", 24, {
+  hostIp: { offset: 0, type: "u32" },
+  targetIp: { offset: 4, type: "u32" },
+  hostPort: { offset: 8, type: "u16" },
+  targetPort: { offset: 10, type: "u16" },
+  hostMac: { offset: 12, type: { bytes: 6 } },
+  targetMac: { offset: 18, type: { bytes: 6 } },
 });

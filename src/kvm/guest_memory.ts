@@ -18,12 +18,20 @@ export interface GuestRegion {
   readonly bytes: Uint8Array;
 }
 
+/** A RAM region as `GuestMemory` stores it: its bytes, a DataView over them, its end GPA. */
+export interface GuestRegionView extends GuestRegion {
+  /** Guest physical address one past the last byte. */
+  readonly end: number;
+  /** DataView over `bytes`. */
+  readonly view: DataView;
+}
+
 /** Page size of the x86 guest, in bytes. */
 export const PAGE_SIZE = 4096;
 
 /** Guest RAM: bounds-checked, zero-copy access by guest physical address. */
 export class GuestMemory {
-  readonly #regions: { gpa: number; end: number; bytes: Uint8Array; view: DataView }[];
+  readonly #regions: GuestRegionView[];
 
   constructor(regions: readonly GuestRegion[]) {
     this.#regions = [...regions]
@@ -64,6 +72,15 @@ export class GuestMemory {
   /** True when `[gpa, gpa+length)` is entirely guest RAM in one region. */
   contains(gpa: number, length: number): boolean {
     return this.#find(gpa, length) !== undefined;
+  }
+
+  /**
+   * The region holding all of `[gpa, gpa+length)`, or `undefined` when that is not RAM. It is
+   * the stored record, not a copy: hot paths (the hypercall exit) read it in place at
+   * `gpa - region.gpa` without allocating a view per access.
+   */
+  regionOf(gpa: number, length: number): GuestRegionView | undefined {
+    return this.#find(gpa, length);
   }
 
   /** A zero-copy view of `[gpa, gpa+length)`, or `undefined` when it is not RAM. */

@@ -30,6 +30,20 @@ export const REG = {
   rflags: 17,
 } as const;
 
+/**
+ * Bits of `Vcpu.exitMode()`: the calling-convention state of the last exit, as one number.
+ */
+export const VCPU_MODE = {
+  /** CR0.PE: protected mode. */
+  PE: 1,
+  /** EFER.LMA: long mode active. */
+  LMA: 2,
+  /** CS.L: 64-bit code segment. */
+  CS_L: 4,
+  /** The CPL (SS.DPL) sits in bits 5:4. */
+  CPL_SHIFT: 4,
+} as const;
+
 /** A segment register as in `kvm_segment`. */
 export interface Segment {
   base: bigint;
@@ -73,6 +87,7 @@ export interface SpecialRegisters {
   apicBase: bigint;
 }
 
+const EFER_LMA = 1n << 10n;
 const SEGMENTS = ["cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"] as const;
 const KVM_REGS_COUNT = 18;
 
@@ -169,10 +184,20 @@ export class Vcpu {
    * `storeRegs()` after changing them. Backed by kvm_run's sync-regs area when available.
    */
   readonly regs: BigUint64Array;
+  /**
+   * `regs` as 32-bit words (register `r` is words `2 * REG[r]`, low half, and `2 * REG[r] + 1`),
+   * over the same memory: exit paths read and write registers without BigInt.
+   */
+  readonly regWords: Uint32Array;
   readonly #syncRegs: boolean;
+  readonly #fpuBuf = new Uint8Array(KVM_STRUCT.kvm_fpu.size);
+  readonly #eventsBuf = new Uint8Array(KVM_STRUCT.kvm_vcpu_events.size);
+  readonly #translationBuf = new Uint8Array(KVM_STRUCT.kvm_translation.size);
   readonly #regsBuf: Uint8Array<ArrayBuffer> | undefined;
   readonly #sregsBuf = new Uint8Array(KVM_STRUCT.kvm_sregs.size);
   readonly #kvmRunRequest = BigInt(KVM_IOCTL.KVM_RUN);
+  #runPtr: Deno.PointerValue;
+  readonly #runSize: number;
 
   /**
    * Maps `kvm_run` for vCPU `fd`. With `syncRegs`, KVM copies the general registers into
@@ -182,12 +207,15 @@ export class Vcpu {
     this.fd = fd;
     this.index = index;
     const ptr = mmap(runSize, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, fd, 0);
+    this.#runPtr = ptr;
+    this.#runSize = runSize;
     this.run = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptr, runSize));
     this.runView = new DataView(this.run.buffer);
     this.#syncRegs = syncRegs;
     if (syncRegs) {
       const off = KVM_STRUCT.kvm_run.sync_regs + KVM_STRUCT.kvm_sync_regs.regs;
       this.regs = new BigUint64Array(this.run.buffer, off, KVM_REGS_COUNT);
+      this.regWords = new Uint32Array(this.run.buffer, off, KVM_REGS_COUNT * 2);
       // KVM copies REGS and SREGS into kvm_run on every exit: the hypercall path reads the
       // calling convention (EFER.LMA, CS.L, CPL) from there without an ioctl.
       this.runView.setBigUint64(
@@ -199,11 +227,23 @@ export class Vcpu {
     } else {
       this.#regsBuf = new Uint8Array(KVM_STRUCT.kvm_regs.size);
       this.regs = new BigUint64Array(this.#regsBuf.buffer, 0, KVM_REGS_COUNT);
+      this.regWords = new Uint32Array(this.#regsBuf.buffer, 0, KVM_REGS_COUNT * 2);
     }
   }
 
   #ioctl(name: string, request: number, buf: Uint8Array<ArrayBuffer>): number {
     return check(`ioctl(${name})`, libc.ioctl_buf(this.fd, BigInt(request), buf));
+  }
+
+  /**
+   * Unmaps `kvm_run` (the fd stays open: its owner closes it). Every view of `run` and `regs`
+   * is dead afterwards, so call this only when the vCPU is done on this thread; each boot of a
+   * rebooting VM maps its vCPUs anew, and without this the mappings would pile up.
+   */
+  close(): void {
+    if (this.#runPtr === null) return;
+    libc.munmap(this.#runPtr, BigInt(this.#runSize));
+    this.#runPtr = null;
   }
 
   /**
@@ -241,12 +281,90 @@ export class Vcpu {
     return { efer: s.efer, cr0: s.cr0, csL: s.cs.l, cpl: s.ss.dpl };
   }
 
+  /**
+   * `modeRegs()` packed into one number (`VCPU_MODE` bits), for exit paths that must not
+   * allocate: from kvm_run's sync area when available, else by KVM_GET_SREGS.
+   */
+  exitMode(): number {
+    if (!this.#syncRegs) {
+      const m = this.modeRegs();
+      return ((m.cr0 & 1n) !== 0n ? VCPU_MODE.PE : 0) |
+        ((m.efer & EFER_LMA) !== 0n ? VCPU_MODE.LMA : 0) |
+        (m.csL !== 0 ? VCPU_MODE.CS_L : 0) | ((m.cpl & 3) << VCPU_MODE.CPL_SHIFT);
+    }
+    const run = this.run;
+    const base = KVM_STRUCT.kvm_run.sync_regs + KVM_STRUCT.kvm_sync_regs.sregs;
+    const S = KVM_STRUCT.kvm_sregs;
+    const G = KVM_STRUCT.kvm_segment;
+    // CR0.PE is bit 0 of CR0's first byte, EFER.LMA bit 10 (bit 2 of EFER's second byte).
+    return (run[base + S.cr0]! & 1 ? VCPU_MODE.PE : 0) |
+      (run[base + S.efer + 1]! & 4 ? VCPU_MODE.LMA : 0) |
+      (run[base + S.cs + G.l]! !== 0 ? VCPU_MODE.CS_L : 0) |
+      ((run[base + S.ss + G.dpl]! & 3) << VCPU_MODE.CPL_SHIFT);
+  }
+
   /** Copies XMM register `index` (16 bytes) into `into`, via KVM_GET_FPU. */
   readXmm(index: number, into: Uint8Array): void {
     const F = KVM_STRUCT.kvm_fpu;
-    const buf = new Uint8Array(F.size);
+    const buf = this.#fpuBuf;
     this.#ioctl("KVM_GET_FPU", KVM_IOCTL.KVM_GET_FPU, buf);
     into.set(buf.subarray(F.xmm + index * 16, F.xmm + index * 16 + 16));
+  }
+
+  /**
+   * Makes exception `vector` (with `errorCode` when the vector has one) the event KVM delivers
+   * at the next KVM_RUN, at the RIP the guest has then: read-modify-write of the vCPU events
+   * (KVM_GET/SET_VCPU_EVENTS), marked injected, which KVM accepts without
+   * KVM_CAP_EXCEPTION_PAYLOAD. The NMI, SIPI and SMM state is left out of the write (their
+   * VALID flags cleared, as the KVM API asks for state other threads may change); the
+   * interrupt shadow goes back as read.
+   */
+  injectException(vector: number, errorCode?: number): void {
+    const E = KVM_STRUCT.kvm_vcpu_events;
+    const buf = this.#eventsBuf;
+    const dv = new DataView(buf.buffer);
+    this.#ioctl("KVM_GET_VCPU_EVENTS", KVM_IOCTL.KVM_GET_VCPU_EVENTS, buf);
+    buf[E.exception_injected] = 1;
+    buf[E.exception_nr] = vector;
+    buf[E.exception_has_error_code] = errorCode === undefined ? 0 : 1;
+    buf[E.exception_pending] = 0;
+    dv.setUint32(E.exception_error_code, errorCode ?? 0, true);
+    dv.setUint32(E.flags, dv.getUint32(E.flags, true) & KVM.KVM_VCPUEVENT_VALID_SHADOW, true);
+    this.#ioctl("KVM_SET_VCPU_EVENTS", KVM_IOCTL.KVM_SET_VCPU_EVENTS, buf);
+  }
+
+  /**
+   * Finishes the I/O or MMIO access of the last exit without running guest code: KVM_RUN with
+   * `immediate_exit` set, which the KVM API documents for exactly this ("to complete pending
+   * operations without allowing any further instructions to be executed"). Afterwards the
+   * registers are architectural: for an OUT, RIP is past the instruction on every KVM (with
+   * hardware fast PIO KVM only skips it on the next entry). `loadRegs()` to read them.
+   */
+  completeIo(): void {
+    this.setImmediateExit(true);
+    try {
+      const r = libc.ioctl_int(this.fd, this.#kvmRunRequest, 0n);
+      if (r < 0) {
+        const e = errno();
+        if (e !== 4 /* EINTR */ && e !== 11 /* EAGAIN */) check("ioctl(KVM_RUN)", r);
+      }
+    } finally {
+      this.setImmediateExit(false);
+    }
+  }
+
+  /**
+   * KVM_TRANSLATE: the guest physical address of `linear` under the vCPU's current paging
+   * mode, or undefined when it is not mapped.
+   */
+  translate(linear: bigint): bigint | undefined {
+    const T = KVM_STRUCT.kvm_translation;
+    const buf = this.#translationBuf;
+    const dv = new DataView(buf.buffer);
+    buf.fill(0);
+    dv.setBigUint64(T.linear_address, BigInt.asUintN(64, linear), true);
+    this.#ioctl("KVM_TRANSLATE", KVM_IOCTL.KVM_TRANSLATE, buf);
+    return buf[T.valid] ? dv.getBigUint64(T.physical_address, true) : undefined;
   }
 
   /** Guest TSC frequency in kHz (KVM_GET_TSC_KHZ). */
@@ -277,11 +395,10 @@ export class Vcpu {
   /** Hands `regs` back to KVM (marks sync regs dirty, or KVM_SET_REGS). */
   storeRegs(): void {
     if (this.#syncRegs) {
-      this.runView.setBigUint64(
-        KVM_STRUCT.kvm_run.kvm_dirty_regs,
-        BigInt(KVM.KVM_SYNC_X86_REGS),
-        true,
-      );
+      // Two 32-bit stores: this runs on every hypercall exit, and a BigInt would allocate.
+      const dirty = KVM_STRUCT.kvm_run.kvm_dirty_regs;
+      this.runView.setUint32(dirty, KVM.KVM_SYNC_X86_REGS, true);
+      this.runView.setUint32(dirty + 4, 0, true);
     } else {
       this.#ioctl("KVM_SET_REGS", KVM_IOCTL.KVM_SET_REGS, this.#regsBuf!);
     }

@@ -5,9 +5,19 @@
  */
 import { UsageError } from "../util/errors.ts";
 import type { DiskSpec } from "../devices/storage/mod.ts";
+import { type HvFeatures, parseHvFeatures } from "../hyperv/features.ts";
 
 /** Where COM1 output goes. */
 export type SerialSpec = { kind: "stdio" } | { kind: "file"; path: string } | { kind: "none" };
+
+/** Where the synthetic debugger sends the guest's kernel-debugger datagrams (`--syndbg`). */
+export interface SyndbgSpec {
+  /** The debugger's IPv4 address, host-order integer. */
+  address: number;
+  port: number;
+  /** The guest uses the debug hypercalls instead of the MSRs (SYNDBG_OPTIONS.USE_HCALLS). */
+  hypercalls: boolean;
+}
 
 /** What to do when the guest reports a crash through the Hyper-V crash MSRs. */
 export type OnCrash = "poweroff" | "pause" | "reset";
@@ -24,6 +34,8 @@ export interface VmConfig {
   /** The `--hv` switch as given ("all", "none" or a list); parsed by the Hyper-V layer. */
   hv: string;
   hvKvmLeaves: boolean;
+  /** The synthetic debugger's UDP peer (`--syndbg`); absent = no debugger, no `syndbg`. */
+  syndbg?: SyndbgSpec;
   onCrash: OnCrash;
   /** Unix socket path for the JSON-lines control socket (`--control`). */
   controlPath?: string;
@@ -87,4 +99,84 @@ export function parseSignedSeconds(text: string, what: string): number {
     throw new UsageError(`${what}: '${text}' is not a number of seconds`);
   }
   return Number(text);
+}
+
+/** Debugger host when `--syndbg` gives only a port. */
+export const SYNDBG_DEFAULT_HOST = "127.0.0.1";
+
+function parseIpv4(text: string): number | undefined {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(text);
+  if (!m) return undefined;
+  const parts = m.slice(1).map(Number);
+  if (parts.some((p) => p > 255)) return undefined;
+  return parts.reduce((a, p) => a * 256 + p, 0);
+}
+
+/**
+ * Parses `--syndbg [HOST:]PORT[,hcalls][,allow-remote]`: the UDP endpoint where the kernel
+ * debugger listens (HOST an IPv4 address, default 127.0.0.1), `hcalls` to have the guest use
+ * the debug hypercalls instead of the MSRs. The link is plain unauthenticated UDP, so a host
+ * outside 127.0.0.0/8 is refused unless `allow-remote` says it is meant.
+ */
+export function parseSyndbg(text: string): SyndbgSpec {
+  const [endpoint = "", ...flags] = text.split(",");
+  let hypercalls = false;
+  let allowRemote = false;
+  for (const f of flags) {
+    if (f === "hcalls") hypercalls = true;
+    else if (f === "allow-remote") allowRemote = true;
+    else {
+      throw new UsageError(`--syndbg: unknown option '${f}'; valid: hcalls, allow-remote`);
+    }
+  }
+  const colon = endpoint.lastIndexOf(":");
+  const hostText = colon >= 0 ? endpoint.slice(0, colon) : SYNDBG_DEFAULT_HOST;
+  const portText = colon >= 0 ? endpoint.slice(colon + 1) : endpoint;
+  if (endpoint === "") {
+    throw new UsageError(
+      "--syndbg needs [HOST:]PORT of the debugger, e.g. 50000 or 127.0.0.1:50000",
+    );
+  }
+  const port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
+  if (!(port >= 1 && port <= 65535)) {
+    throw new UsageError(`--syndbg: port '${portText}' is not a number from 1 to 65535`);
+  }
+  const address = parseIpv4(hostText);
+  if (address === undefined) {
+    throw new UsageError(
+      `--syndbg: '${hostText}' is not an IPv4 address such as 127.0.0.1 (names are not resolved)`,
+    );
+  }
+  const first = address >>> 24;
+  if (first === 0 || first >= 224) {
+    throw new UsageError(`--syndbg: ${hostText} is not a unicast host address`);
+  }
+  if (first !== 127 && !allowRemote) {
+    throw new UsageError(
+      `--syndbg: ${hostText} is not a loopback address; the debugger link is unauthenticated ` +
+        `UDP, add ',allow-remote' to send it to another host`,
+    );
+  }
+  return { address, port, hypercalls };
+}
+
+/**
+ * The `--hv` feature set of `config`, checked against `--syndbg`: `all` includes `syndbg` when
+ * a debugger is given, `--syndbg` needs `syndbg` on, and `syndbg` without `--syndbg` is refused
+ * (it would tell Windows a debugger transport exists when none does).
+ */
+export function hvFeaturesOf(config: Pick<VmConfig, "hv" | "syndbg">): HvFeatures {
+  const features = parseHvFeatures(config.hv, { syndbg: config.syndbg !== undefined });
+  if (config.syndbg && !features.enabled.syndbg) {
+    throw new UsageError(
+      `--syndbg needs the syndbg enlightenment, which '--hv ${config.hv}' leaves off: ` +
+        `add syndbg to the --hv list`,
+    );
+  }
+  if (!config.syndbg && features.enabled.syndbg) {
+    throw new UsageError(
+      "--hv syndbg needs --syndbg [HOST:]PORT, the UDP endpoint of the kernel debugger",
+    );
+  }
+  return features;
 }

@@ -17,6 +17,7 @@ import type {
 } from "../../../src/hyperv/hypercall.ts";
 import { HyperV, type HyperVDeps } from "../../../src/hyperv/hyperv.ts";
 import type { TimerScheduler } from "../../../src/hyperv/stimer.ts";
+import type { DebugTransport } from "../../../src/hyperv/syndbg.ts";
 import type { GuestClock } from "../../../src/hyperv/time.ts";
 import * as T from "../../../src/hyperv/tlfs.ts";
 
@@ -120,7 +121,11 @@ export class FakePower implements PowerControl {
   }
 }
 
-/** A register file for hypercalls. */
+function isU32(v: number): boolean {
+  return Number.isInteger(v) && v >= 0 && v <= 0xffff_ffff;
+}
+
+/** A register file for hypercalls; checks that the handler writes 32-bit halves. */
 export class FakeRegs implements HypercallRegs {
   readonly gpr = new Map<HypercallGpr, bigint>();
   readonly xmm: Uint8Array[] = Array.from({ length: 6 }, () => new Uint8Array(16));
@@ -137,9 +142,21 @@ export class FakeRegs implements HypercallRegs {
   cpl(): number {
     return this.privilege;
   }
+  lo(reg: HypercallGpr): number {
+    return Number(this.getGpr(reg) & 0xffff_ffffn);
+  }
+  hi(reg: HypercallGpr): number {
+    return Number(this.getGpr(reg) >> 32n);
+  }
+  set(reg: HypercallGpr, lo: number, hi: number): void {
+    if (!isU32(lo) || !isU32(hi)) throw new RangeError(`set(${reg}): ${lo}, ${hi} not u32`);
+    this.setGpr(reg, (BigInt(hi) << 32n) | BigInt(lo));
+  }
+  /** Full 64-bit value of a GPR (test side). */
   getGpr(reg: HypercallGpr): bigint {
     return this.gpr.get(reg) ?? 0n;
   }
+  /** Sets a full 64-bit GPR (test side). */
   setGpr(reg: HypercallGpr, value: bigint): void {
     this.gpr.set(reg, BigInt.asUintN(64, value));
   }
@@ -212,6 +229,9 @@ export function makeRig(
     noBridge?: boolean;
     vpRuntime?: (vp: number) => bigint;
     crashSink?: (r: GuestCrashReport) => void;
+    /** With `syndbg`: the debugger link, and whether SYNDBG_OPTIONS starts with USE_HCALLS. */
+    debugTransport?: DebugTransport;
+    syndbgHypercalls?: boolean;
   } = {},
 ): Rig {
   const features = options.features ?? HV_FEATURES_ALL;
@@ -219,6 +239,7 @@ export function makeRig(
     vpCount: options.vpCount ?? 4,
     features,
     invariantTsc: options.invariantTsc ?? true,
+    syndbgHypercalls: options.syndbgHypercalls ?? false,
   });
   const rig = {
     memory: options.memory ?? makeMemory(),
@@ -245,6 +266,7 @@ export function makeRig(
     crashSink: options.crashSink ?? ((r) => rig.crashes.push(r)),
     yieldCpu: (vp) => rig.yields.push(vp),
     ...(options.noBridge ? {} : { bridge: rig.bridge }),
+    ...(options.debugTransport ? { debugTransport: options.debugTransport } : {}),
   };
   rig.hv = new HyperV(state, deps);
   return rig as Rig;

@@ -1,6 +1,13 @@
 import { assert, assertEquals } from "./assert.ts";
 import { HV_FEATURES_ALL, type HvFeatures, parseHvFeatures } from "../../../src/hyperv/features.ts";
-import { decodeControl, encodeControl, hypercallResult } from "../../../src/hyperv/hypercall.ts";
+import {
+  decodeControl,
+  defineCall,
+  encodeControl,
+  HypercallHandler,
+  hypercallResult,
+  HYPERCALLS,
+} from "../../../src/hyperv/hypercall.ts";
 import * as T from "../../../src/hyperv/tlfs.ts";
 import { enableHypercalls, FakeRegs, makeRig, type Rig } from "./fakes.ts";
 
@@ -341,8 +348,126 @@ Deno.test("an exception inside a call becomes a status, never a throw", () => {
   const regs = call(r, encodeControl({ code: T.HVCALL_FLUSH_VIRTUAL_ADDRESS_SPACE }));
   assertEquals(regs.status(), T.HV_STATUS_INVALID_HYPERCALL_INPUT);
   const broken = new FakeRegs();
-  broken.getGpr = () => {
+  broken.lo = () => {
     throw new Error("KVM_GET_REGS failed");
   };
   assertEquals(r.hv.hypercall(0, broken), "done");
+});
+
+Deno.test("slow calls with output: block validated (aligned, one page, RAM), written in place", () => {
+  const base = rig();
+  const OUT = 0x9000;
+  const seen: number[] = [];
+  const ECHO = 0x7f01; // test-only call codes
+  const SIZED = 0x7f02;
+  const calls = new Map([
+    ...HYPERCALLS,
+    [
+      ECHO,
+      defineCall({
+        name: "Echo",
+        feature: "synic",
+        fixed: 8,
+        output: 16,
+        run: (_h, input, output) => {
+          seen.push(output.length);
+          output.set([1, 2, 3, 4]);
+          output[15] = input.u8(0);
+          return T.HV_STATUS_SUCCESS;
+        },
+      }),
+    ],
+    // Output size named by the input (a header plus a count, like HvRetrieveDebugData).
+    [
+      SIZED,
+      defineCall({
+        name: "Sized",
+        feature: "synic",
+        fixed: 8,
+        output: (input) => 8 + input.u32(0),
+        run: (_h, _input, output) => {
+          seen.push(output.length);
+          return T.HV_STATUS_SUCCESS;
+        },
+      }),
+    ],
+  ]);
+  const handler = new HypercallHandler({
+    features: HV_FEATURES_ALL,
+    partition: base.hv.partition,
+    memory: base.memory,
+    msi: base.msi,
+    flusher: base.flusher,
+    vpCount: 4,
+    calls,
+  });
+  const run = (control: bigint, out: bigint) => {
+    const regs = new FakeRegs().call64(control, BigInt(IN), out);
+    assertEquals(handler.handle(0, regs), "done");
+    return regs.status();
+  };
+  input(base, [0x77n]);
+  const echo = encodeControl({ code: ECHO });
+  assertEquals(run(echo, BigInt(OUT)), T.HV_STATUS_SUCCESS);
+  assertEquals([...base.memory.slice(OUT, 16)], [
+    1,
+    2,
+    3,
+    4,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0x77,
+  ]);
+  assertEquals(run(echo, BigInt(OUT + 4)), T.HV_STATUS_INVALID_ALIGNMENT, "not 8-aligned");
+  assertEquals(run(echo, BigInt(OUT + 4096 - 8)), T.HV_STATUS_INVALID_ALIGNMENT, "spans pages");
+  assertEquals(run(echo, 0x7fff_0000n), T.HV_STATUS_INVALID_ALIGNMENT, "not RAM");
+  assertEquals(run(echo, 0xffff_ffff_ffff_f000n), T.HV_STATUS_INVALID_ALIGNMENT);
+  assertEquals(run(echo, BigInt(OUT + 4096 - 16)), T.HV_STATUS_SUCCESS, "ends the page");
+  // XMM fast output is not offered: the fast form of a call with output is refused.
+  const fastEcho = encodeControl({ code: ECHO, fast: true });
+  assertEquals(run(fastEcho, BigInt(OUT)), T.HV_STATUS_INVALID_PARAMETER);
+  assertEquals(seen, [16, 16]);
+
+  const sized = encodeControl({ code: SIZED });
+  input(base, [100n]);
+  assertEquals(run(sized, BigInt(OUT)), T.HV_STATUS_SUCCESS);
+  input(base, [4089n]); // 4097 bytes cannot fit in a page
+  assertEquals(run(sized, BigInt(OUT)), T.HV_STATUS_INVALID_ALIGNMENT);
+  assertEquals(seen, [16, 16, 108]);
+});
+
+Deno.test("the handler writes results as 32-bit halves and ignores upper halves in x86 mode", () => {
+  const r = rig();
+  const regs = new FakeRegs().call32(
+    encodeControl({ code: T.HVCALL_SIGNAL_EVENT, fast: true }),
+    (5n << 32n) | 0x21n,
+  );
+  regs.setGpr("rax", regs.getGpr("rax") | 0xffff_ffff_0000_0000n);
+  regs.setGpr("rcx", regs.getGpr("rcx") | 0xabcd_0000_0000_0000n);
+  assertEquals(r.hv.hypercall(0, regs), "done");
+  assertEquals(regs.getGpr("rax"), 0n, "upper half of RAX cleared");
+  assertEquals(r.bridge.events.at(-1), { connectionId: 0x21, flag: 5 });
+  // x64: a full 64-bit control value from RCX, reps completed in RAX bits 43:32.
+  input(r, [0n, T.HV_FLUSH_ALL_PROCESSORS, 0n]);
+  const big = encodeControl({
+    code: T.HVCALL_FLUSH_VIRTUAL_ADDRESS_LIST,
+    repCount: 0xfff,
+    repStart: 0xffe,
+  });
+  const regsBig = new FakeRegs().call64(big, BigInt(IN));
+  assertEquals(r.hv.hypercall(0, regsBig), "done");
+  assertEquals(regsBig.status(), T.HV_STATUS_INVALID_ALIGNMENT, "4095 reps span the page");
+  const ok = encodeControl({ code: T.HVCALL_FLUSH_VIRTUAL_ADDRESS_LIST, repCount: 3, repStart: 2 });
+  const regsOk = new FakeRegs().call64(ok, BigInt(IN));
+  assertEquals(r.hv.hypercall(0, regsOk), "done");
+  assertEquals(regsOk.result(), 3n << 32n);
 });
