@@ -10,7 +10,8 @@ import { close, eventfd, eventfdSignal } from "../../ffi/libc.ts";
 import type { GuestMemory } from "../../src/kvm/guest_memory.ts";
 import type { MsiSink } from "../../src/machine/irq.ts";
 import { type HvFeatures, HyperV, tlfs } from "../../src/hyperv/mod.ts";
-import { guestClock, SharedTimerScheduler, threadRuntime100ns } from "../../src/vmm/hyperv_host.ts";
+import { guestClock, threadRuntime100ns } from "../../src/vmm/hyperv_host.ts";
+import { VcpuTimerScheduler } from "../../src/vmm/vcpu_timers.ts";
 import { SIGNAL_CONNECTION_ID } from "./guest32.ts";
 
 /** A vCPU thread's `HyperV` and the count of events its bridge accepted. */
@@ -28,14 +29,16 @@ export function hyperVFixture(options: {
   tsc: { offset: bigint; hz: number; vmStartTsc: bigint };
 }): HyperVFixture {
   const state = HyperV.createState({ vpCount: 1, features: options.features, invariantTsc: true });
-  const timerWakeFd = eventfd();
   const notifyFd = eventfd();
   let events = 0;
-  const hv = new HyperV(state, {
+  const hv: HyperV = new HyperV(state, {
     memory: options.memory,
     clock: guestClock(options.tsc),
     msi: options.interrupts,
-    scheduler: new SharedTimerScheduler(SharedTimerScheduler.createState(1), timerWakeFd),
+    scheduler: new VcpuTimerScheduler(
+      VcpuTimerScheduler.createState(1),
+      (): bigint => hv.partition.referenceTime(),
+    ),
     flusher: { flush() {} },
     power: { powerOff() {}, reset() {} },
     vpRuntime100ns: threadRuntime100ns,
@@ -53,7 +56,6 @@ export function hyperVFixture(options: {
     hv,
     events: () => events,
     close() {
-      close(timerWakeFd);
       close(notifyFd);
     },
   };

@@ -22,6 +22,7 @@ const RDTSC_CODE = new Uint8Array([
 ]);
 
 let rdtscFn: (() => bigint) | undefined;
+let stubPage: Deno.PointerValue = null;
 
 /** The host TSC (this thread's stub is built on first use). */
 export function rdtsc(): bigint {
@@ -29,11 +30,23 @@ export function rdtsc(): bigint {
     const page = mmap(4096, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS);
     new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(page, RDTSC_CODE.length)).set(RDTSC_CODE);
     check("mprotect", libc.mprotect(page, 4096n, C.PROT_READ | C.PROT_EXEC));
+    stubPage = page;
     const def = { parameters: [], result: "u64" } as const;
     const fn = new Deno.UnsafeFnPointer(page as Deno.PointerObject<typeof def>, def);
     rdtscFn = () => fn.call() as bigint;
   }
   return rdtscFn();
+}
+
+/**
+ * Frees this thread's stub (a vCPU thread calls it before it ends: the page is process-wide and
+ * would outlive the thread). A later `rdtsc` builds it again.
+ */
+export function releaseRdtsc(): void {
+  if (stubPage === null) return;
+  rdtscFn = undefined;
+  libc.munmap(stubPage, 4096n);
+  stubPage = null;
 }
 
 /** The guest's TSC as any thread can compute it: host TSC plus KVM's guest offset. */

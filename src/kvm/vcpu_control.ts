@@ -28,6 +28,7 @@ export class VcpuControl {
   readonly #i32: Int32Array;
   readonly #i64: BigInt64Array;
   #run: Uint8Array | undefined;
+  #runMap: { ptr: Deno.PointerValue; size: number } | undefined;
 
   /** A fresh control block. */
   static createState(): SharedArrayBuffer {
@@ -86,8 +87,18 @@ export class VcpuControl {
    * (valid process-wide) and the mapping size.
    */
   attachRun(vcpuFd: number, runSize: number): void {
+    this.detachRun();
     const ptr = mmap(runSize, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, vcpuFd, 0);
+    this.#runMap = { ptr, size: runSize };
     this.#run = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptr, runSize));
+  }
+
+  /** Unmaps what `attachRun` mapped; later kicks still signal the thread, without `immediate_exit`. */
+  detachRun(): void {
+    if (!this.#runMap) return;
+    this.#run = undefined;
+    libc.munmap(this.#runMap.ptr, BigInt(this.#runMap.size));
+    this.#runMap = undefined;
   }
 
   /** Any thread: posts `bits` and gets the vCPU out of KVM_RUN to act on them. */

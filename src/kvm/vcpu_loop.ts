@@ -12,6 +12,7 @@
  */
 import { C, libc, sigset } from "../../ffi/libc.ts";
 import { KVM, KVM_STRUCT } from "../../ffi/kvm_abi.ts";
+import { EXIT } from "./exit_counters.ts";
 import type { Vcpu } from "./vcpu.ts";
 
 /** The real-time signal used to kick vCPU threads (SIGRTMIN+6; glibc reserves 32 and 33). */
@@ -70,8 +71,15 @@ function consumeKick(): void {
   }
 }
 
-/** Runs `vcpu` until the handler stops it or the guest does something the VMM cannot continue. */
-export function runVcpu(vcpu: Vcpu, handler: ExitHandler): VcpuStop {
+/**
+ * Runs `vcpu` until the handler stops it or the guest does something the VMM cannot continue.
+ * `counts` (`ExitCounters.counts`) counts the exits by kind.
+ */
+export function runVcpu(
+  vcpu: Vcpu,
+  handler: ExitHandler,
+  counts: Float64Array = new Float64Array(16),
+): VcpuStop {
   const R = KVM_STRUCT.kvm_run;
   const run = vcpu.run;
   const dv = vcpu.runView;
@@ -84,6 +92,7 @@ export function runVcpu(vcpu: Vcpu, handler: ExitHandler): VcpuStop {
     const reason = vcpu.runOnce();
     switch (reason) {
       case KVM.KVM_EXIT_IO: {
+        counts[EXIT.io]!++;
         const write = run[R.io_direction] === KVM.KVM_EXIT_IO_OUT;
         const size = run[R.io_size]!;
         const port = dv.getUint16(R.io_port, true);
@@ -104,6 +113,7 @@ export function runVcpu(vcpu: Vcpu, handler: ExitHandler): VcpuStop {
         break;
       }
       case KVM.KVM_EXIT_MMIO: {
+        counts[EXIT.mmio]!++;
         const len = dv.getUint32(R.mmio_len, true);
         const addr = Number(dv.getBigUint64(R.mmio_phys_addr, true));
         handler.mmio(
@@ -114,6 +124,7 @@ export function runVcpu(vcpu: Vcpu, handler: ExitHandler): VcpuStop {
         break;
       }
       case KVM.KVM_EXIT_X86_RDMSR: {
+        counts[EXIT.rdmsr]!++;
         const v = handler.rdmsr(dv.getUint32(R.msr_index, true));
         if (v === undefined) run[R.msr_error] = 1;
         else {
@@ -123,6 +134,7 @@ export function runVcpu(vcpu: Vcpu, handler: ExitHandler): VcpuStop {
         break;
       }
       case KVM.KVM_EXIT_X86_WRMSR: {
+        counts[EXIT.wrmsr]!++;
         const ok = handler.wrmsr(
           dv.getUint32(R.msr_index, true),
           dv.getBigUint64(R.msr_data, true),
@@ -131,11 +143,13 @@ export function runVcpu(vcpu: Vcpu, handler: ExitHandler): VcpuStop {
         break;
       }
       case KVM.KVM_EXIT_INTR:
+        counts[EXIT.intr]!++;
         vcpu.setImmediateExit(false);
         consumeKick();
         if (!handler.onKick()) return { kind: "stopped" };
         break;
       case KVM.KVM_EXIT_HLT:
+        counts[EXIT.hlt]!++;
         // Only without an in-kernel LAPIC; treat as a no-op so the guest re-executes.
         break;
       case KVM.KVM_EXIT_SHUTDOWN:
@@ -147,6 +161,7 @@ export function runVcpu(vcpu: Vcpu, handler: ExitHandler): VcpuStop {
       case KVM.KVM_EXIT_FAIL_ENTRY:
         return { kind: "fail-entry", reason: dv.getBigUint64(R.fail_entry_reason, true) };
       default:
+        counts[EXIT.other]!++;
         return { kind: "unexpected-exit", reason };
     }
   }

@@ -1,10 +1,12 @@
 /**
  * Puts the Hyper-V enlightenments (`src/hyperv`) into a VM: CPUID, the MSR filter that sends the
- * Hyper-V MSRs to user space, shared state for every thread, and on the main thread the drivers
- * of synthetic timers (timerfd) and SynIC slot-free notifications (eventfd).
+ * Hyper-V MSRs to user space, shared state for every thread, the synthetic timers of each vCPU
+ * thread (`vcpu_timers.ts`), and on the main thread the drivers of SynIC slot-free
+ * notifications (eventfd) and the synthetic
+ * debugger's pending flag (its UDP socket, edge-triggered).
  * @module
  */
-import { close, eventfd, eventfdDrain, eventfdSignal } from "../../ffi/libc.ts";
+import { C, close, eventfd, eventfdDrain, eventfdSignal } from "../../ffi/libc.ts";
 import type { GuestMemory } from "../kvm/guest_memory.ts";
 import type { CpuidEntry } from "../kvm/kvm.ts";
 import { rdtsc } from "../kvm/tsc.ts";
@@ -32,23 +34,26 @@ import {
   type HostBridgeState,
   VcpuHostBridge,
 } from "./host_bridge.ts";
-import {
-  guestClock,
-  measureGuestTsc,
-  RelativeTimerFd,
-  SharedTimerScheduler,
-  threadRuntime100ns,
-} from "./hyperv_host.ts";
+import { guestClock, measureGuestTsc, threadRuntime100ns } from "./hyperv_host.ts";
+import { VcpuTimerScheduler } from "./vcpu_timers.ts";
+import { UdpDebugTransport, type UdpEndpoint } from "./syndbg_udp.ts";
+
+/** The synthetic debugger's socket (opened by the caller, which closes it) and its peer. */
+export interface SyndbgLink {
+  fd: number;
+  peer: UdpEndpoint;
+}
 
 /** What every thread needs to build its view of the enlightenments (structured-cloneable). */
 export interface HvThreadInit {
   state: HyperVState;
   tsc: { offset: bigint; hz: number; vmStartTsc: bigint };
   timers: SharedArrayBuffer;
-  timerWakeFd: number;
   notifyFd: number;
   /** HvPostMessage/HvSignalEvent rings to the VMBus host (when it exists). */
   bridge: HostBridgeState | undefined;
+  /** The synthetic debugger's UDP socket (with `syndbg`): fd numbers are process-wide. */
+  syndbg: SyndbgLink | undefined;
 }
 
 /** The main thread's part. */
@@ -76,6 +81,8 @@ export function setupEnlightenments(options: {
   /** Guest HvPostMessage and HvSignalEvent, delivered on the main thread (the VMBus host). */
   onGuestMessage: (connectionId: number, messageType: number, payload: Uint8Array) => void;
   onGuestSignal: (connectionId: number) => void;
+  /** With `syndbg`: the debugger's socket, and whether the guest uses hypercalls for it. */
+  syndbg?: SyndbgLink & { hypercalls: boolean };
 }): MainEnlightenments {
   const { vm, features, cpus } = options;
   if (!hvEnabled(features)) {
@@ -93,7 +100,6 @@ export function setupEnlightenments(options: {
   if (ranges.length > 0) vm.routeMsrsToUserSpace(ranges);
   const measured = measureGuestTsc(options.vcpu0, rdtsc);
   const tsc = { ...measured, vmStartTsc: BigInt.asUintN(64, rdtsc() + measured.offset) };
-  const timerWakeFd = eventfd();
   const notifyFd = eventfd();
   const bridgeFd = eventfd();
   const init: HvThreadInit = {
@@ -101,15 +107,20 @@ export function setupEnlightenments(options: {
       vpCount: cpus,
       features,
       invariantTsc: invariantTsc || cpuidHasInvariantTsc(cpuid),
+      syndbgHypercalls: options.syndbg?.hypercalls ?? false,
     }),
     tsc,
-    timers: SharedTimerScheduler.createState(cpus),
-    timerWakeFd,
+    timers: VcpuTimerScheduler.createState(cpus),
     notifyFd,
     bridge: hasFeature(features, "synic") ? createHostBridgeState(cpus, bridgeFd) : undefined,
+    syndbg: hasFeature(features, "syndbg") && options.syndbg
+      ? { fd: options.syndbg.fd, peer: options.syndbg.peer }
+      : undefined,
   };
-  const scheduler = new SharedTimerScheduler(init.timers, timerWakeFd);
-  const hv = new HyperV(init.state, {
+  // The main thread arms timers only when it retries a SynIC message; expiries run on the VP's
+  // own thread (`attachVcpuTimers`).
+  const scheduler = new VcpuTimerScheduler(init.timers, (): bigint => hv.partition.referenceTime());
+  const hv: HyperV = new HyperV(init.state, {
     memory: options.memory,
     clock: guestClock(tsc),
     msi: vm.interrupts,
@@ -118,28 +129,7 @@ export function setupEnlightenments(options: {
     power: options.power,
     vpRuntime100ns: () => 0n,
     notifier: { notify: () => eventfdSignal(notifyFd) },
-  });
-
-  // Synthetic timers: one timerfd armed for the earliest deadline of all VPs.
-  const timerFd = new RelativeTimerFd();
-  const drive = () => {
-    for (;;) {
-      const now = hv.partition.referenceTime();
-      const { due, next } = scheduler.takeDue(now);
-      for (const [vp, t] of due) hv.stimers.expire(vp, t, now);
-      if (due.length === 0) {
-        timerFd.set(next === undefined ? undefined : (next - now) * 100n);
-        return;
-      }
-    }
-  };
-  options.loop.add(timerWakeFd, () => {
-    eventfdDrain(timerWakeFd);
-    drive();
-  });
-  options.loop.add(timerFd.fd, () => {
-    timerFd.drain();
-    drive();
+    ...(init.syndbg ? { debugTransport: debugTransport(init.syndbg) } : {}),
   });
   options.loop.add(notifyFd, () => {
     eventfdDrain(notifyFd);
@@ -154,15 +144,22 @@ export function setupEnlightenments(options: {
       receiver.drain(onMessage, onSignal);
     });
   }
+  // Synthetic debugger: a datagram from the debugger raises the guest's pending flag. Edge-
+  // triggered, because the datagram stays queued until the guest asks for it.
+  const syndbgFd = init.syndbg?.fd;
+  if (syndbgFd !== undefined) {
+    options.loop.add(syndbgFd, () => hv.syndbg?.onReceivable(), C.EPOLLIN | C.EPOLLET);
+  }
   return {
     cpuid,
     init,
     hv,
     close() {
-      for (const fd of [timerWakeFd, notifyFd, timerFd.fd, bridgeFd]) {
+      for (const fd of [notifyFd, bridgeFd]) {
         options.loop.remove(fd);
         close(fd);
       }
+      if (syndbgFd !== undefined) options.loop.remove(syndbgFd); // the caller owns the socket
     },
   };
 }
@@ -176,11 +173,11 @@ export function attachEnlightenments(init: HvThreadInit, deps: {
   vp: number;
   onCrash: (report: GuestCrashReport) => void;
 }): HyperV {
-  const hv = new HyperV(init.state, {
+  const hv: HyperV = new HyperV(init.state, {
     memory: deps.memory,
     clock: guestClock(init.tsc),
     msi: deps.interrupts,
-    scheduler: new SharedTimerScheduler(init.timers, init.timerWakeFd),
+    scheduler: new VcpuTimerScheduler(init.timers, (): bigint => hv.partition.referenceTime()),
     flusher: deps.flusher,
     power: deps.power,
     vpRuntime100ns: threadRuntime100ns,
@@ -189,6 +186,39 @@ export function attachEnlightenments(init: HvThreadInit, deps: {
     ...(init.bridge
       ? { bridge: new VcpuHostBridge(init.bridge, deps.vp, vmbusOwnsConnection) }
       : {}),
+    ...(init.syndbg ? { debugTransport: debugTransport(init.syndbg) } : {}),
   });
   return hv;
+}
+
+/** A vCPU thread's synthetic timers (see `vcpu_timers.ts`). */
+export interface VcpuTimers {
+  /** After a kick exit: expires the VP's due timers and re-arms its thread timer; how many. */
+  runDue(): number;
+  /** Before the thread ends: deletes its thread timer. */
+  close(): void;
+}
+
+/**
+ * Gives VP `vp`'s thread (the caller) the thread timer of its synthetic timers, signalling it
+ * with `signal` (blocked here outside KVM_RUN).
+ */
+export function attachVcpuTimers(
+  init: HvThreadInit,
+  hv: HyperV,
+  options: { vp: number; signal: number },
+): VcpuTimers {
+  const { vp, signal } = options;
+  const scheduler = new VcpuTimerScheduler(init.timers, (): bigint => hv.partition.referenceTime());
+  scheduler.attach(vp, signal);
+  const expire = (t: number, now: bigint) => hv.stimers.expire(vp, t, now);
+  return {
+    runDue: () => scheduler.runDue(vp, expire),
+    close: () => scheduler.detach(vp),
+  };
+}
+
+/** This thread's transport over the shared debugger socket. */
+function debugTransport(link: SyndbgLink): UdpDebugTransport {
+  return new UdpDebugTransport(link.fd, link.peer);
 }

@@ -1,19 +1,19 @@
 /**
- * The VMM's side of the Hyper-V contracts (`src/hyperv`): the guest clock, the synthetic-timer
- * scheduler (shared deadlines, one timerfd on the main thread), remote TLB flushes through vCPU
- * kicks, hypercall registers over the vCPU's sync regs, and the crash sink.
+ * The VMM's side of the Hyper-V contracts (`src/hyperv`): the guest clock (synthetic timers are
+ * scheduled on the vCPU threads, `vcpu_timers.ts`), remote TLB flushes through vCPU kicks,
+ * hypercall registers over the vCPU's sync regs, #UD for refused hypercalls, and the crash sink.
  * @module
  */
-import { C, check, clockNs, eventfdSignal, libc } from "../../ffi/libc.ts";
+import { C, clockNs } from "../../ffi/libc.ts";
 import { GuestTsc } from "../kvm/tsc.ts";
-import { REG, type Vcpu } from "../kvm/vcpu.ts";
+import { REG, type Vcpu, VCPU_MODE } from "../kvm/vcpu.ts";
 import { VCPU_REQUEST, type VcpuControl } from "../kvm/vcpu_control.ts";
-import type {
-  GuestClock,
-  HypercallGpr,
-  HypercallRegs,
-  TimerScheduler,
-  TlbFlusher,
+import {
+  type GuestClock,
+  HYPERCALL_PAGE_CODE,
+  type HypercallGpr,
+  type HypercallRegs,
+  type TlbFlusher,
 } from "../hyperv/mod.ts";
 import { getLogger, rateLimited } from "../util/log.ts";
 
@@ -23,92 +23,6 @@ const log = getLogger("hyperv");
 export function guestClock(tsc: { offset: bigint; hz: number; vmStartTsc: bigint }): GuestClock {
   const g = new GuestTsc(tsc.offset, tsc.hz, tsc.vmStartTsc);
   return { guestTsc: () => g.now(), tscHz: g.hz, vmStartTsc: g.vmStartTsc };
-}
-
-const TIMERS_PER_VP = 4;
-const DISARMED = -1n;
-
-/**
- * Synthetic-timer deadlines shared by every thread: `arm`/`cancel` (any thread, under the
- * timer's lock) store the deadline and wake the main thread, which keeps one timerfd armed for
- * the earliest deadline and calls `expire` for the ones that passed.
- */
-export class SharedTimerScheduler implements TimerScheduler {
-  readonly #deadlines: BigInt64Array;
-  readonly #wakeFd: number;
-
-  /** Deadlines for `vpCount` VPs, all disarmed. */
-  static createState(vpCount: number): SharedArrayBuffer {
-    const sab = new SharedArrayBuffer(vpCount * TIMERS_PER_VP * 8);
-    new BigInt64Array(sab).fill(DISARMED);
-    return sab;
-  }
-
-  /** `wakeFd`: an eventfd the main thread's timer driver watches. */
-  constructor(state: SharedArrayBuffer, wakeFd: number) {
-    this.#deadlines = new BigInt64Array(state);
-    this.#wakeFd = wakeFd;
-  }
-
-  arm(vp: number, timer: number, deadline100ns: bigint): void {
-    Atomics.store(this.#deadlines, vp * TIMERS_PER_VP + timer, BigInt.asIntN(64, deadline100ns));
-    eventfdSignal(this.#wakeFd);
-  }
-
-  cancel(vp: number, timer: number): void {
-    Atomics.store(this.#deadlines, vp * TIMERS_PER_VP + timer, DISARMED);
-  }
-
-  /**
-   * Main thread: disarms and returns every timer due at `now`, and the earliest deadline still
-   * pending (undefined when none).
-   */
-  takeDue(now: bigint): { due: [number, number][]; next: bigint | undefined } {
-    const due: [number, number][] = [];
-    let next: bigint | undefined;
-    for (let i = 0; i < this.#deadlines.length; i++) {
-      const d = Atomics.load(this.#deadlines, i);
-      if (d === DISARMED) continue;
-      if (d <= now) {
-        // Only take it if nobody re-armed it meanwhile.
-        if (Atomics.compareExchange(this.#deadlines, i, d, DISARMED) === d) {
-          due.push([Math.floor(i / TIMERS_PER_VP), i % TIMERS_PER_VP]);
-        }
-      } else if (next === undefined || d < next) {
-        next = d;
-      }
-    }
-    return { due, next };
-  }
-}
-
-/** A CLOCK_MONOTONIC timerfd armed relative to now. */
-export class RelativeTimerFd {
-  readonly fd: number;
-  readonly #spec = new BigInt64Array(4); // it_interval {s, ns}, it_value {s, ns}
-
-  constructor() {
-    this.fd = check(
-      "timerfd_create",
-      libc.timerfd_create(C.CLOCK_MONOTONIC, C.TFD_NONBLOCK | C.TFD_CLOEXEC),
-    );
-  }
-
-  /** Fires once after `ns` nanoseconds (at least 1 µs); `undefined` disarms. */
-  set(ns: bigint | undefined): void {
-    this.#spec.fill(0n);
-    if (ns !== undefined) {
-      const v = ns < 1000n ? 1000n : ns;
-      this.#spec[2] = v / 1_000_000_000n;
-      this.#spec[3] = v % 1_000_000_000n;
-    }
-    libc.timerfd_settime(this.fd, 0, new Uint8Array(this.#spec.buffer), null);
-  }
-
-  /** Consumes an expiry. */
-  drain(): void {
-    libc.read(this.fd, new Uint8Array(8), 8n);
-  }
 }
 
 /**
@@ -155,49 +69,115 @@ export class VcpuTlbFlusher implements TlbFlusher {
   }
 }
 
-/** `HypercallRegs` over a vCPU's registers (sync regs when KVM offers them). */
+/** Word index of each hypercall GPR's low half in `Vcpu.regWords`. */
+const GPR_WORD: Readonly<Record<HypercallGpr, number>> = {
+  rax: REG.rax * 2,
+  rbx: REG.rbx * 2,
+  rcx: REG.rcx * 2,
+  rdx: REG.rdx * 2,
+  rsi: REG.rsi * 2,
+  rdi: REG.rdi * 2,
+  r8: REG.r8 * 2,
+};
+
+/**
+ * `HypercallRegs` over a vCPU's registers (sync regs when KVM offers them), as 32-bit words of
+ * `Vcpu.regWords` and the packed `Vcpu.exitMode()`: nothing on this path allocates.
+ */
 export class VcpuHypercallRegs implements HypercallRegs {
   readonly #vcpu: Vcpu;
-  #mode: { efer: bigint; cr0: bigint; csL: number; cpl: number } | undefined;
+  readonly #words: Uint32Array;
+  #mode = 0;
 
   constructor(vcpu: Vcpu) {
     this.#vcpu = vcpu;
+    this.#words = vcpu.regWords;
   }
 
   /** Call at the start of each hypercall exit. */
   begin(): void {
-    this.#mode = undefined;
     this.#vcpu.loadRegs();
-  }
-
-  #m() {
-    return (this.#mode ??= this.#vcpu.modeRegs());
+    this.#mode = this.#vcpu.exitMode();
   }
 
   is64Bit(): boolean {
-    const m = this.#m();
-    return (m.efer & (1n << 10n)) !== 0n && m.csL === 1;
+    const both = VCPU_MODE.LMA | VCPU_MODE.CS_L;
+    return (this.#mode & both) === both;
   }
 
   protectedMode(): boolean {
-    return (this.#m().cr0 & 1n) !== 0n;
+    return (this.#mode & VCPU_MODE.PE) !== 0;
   }
 
   cpl(): number {
-    return this.#m().cpl;
+    return (this.#mode >>> VCPU_MODE.CPL_SHIFT) & 3;
   }
 
-  getGpr(reg: HypercallGpr): bigint {
-    return this.#vcpu.regs[REG[reg]]!;
+  lo(reg: HypercallGpr): number {
+    return this.#words[GPR_WORD[reg]]!;
   }
 
-  setGpr(reg: HypercallGpr, value: bigint): void {
-    this.#vcpu.regs[REG[reg]] = BigInt.asUintN(64, value);
+  hi(reg: HypercallGpr): number {
+    return this.#words[GPR_WORD[reg] + 1]!;
+  }
+
+  set(reg: HypercallGpr, lo: number, hi: number): void {
+    const w = GPR_WORD[reg];
+    this.#words[w] = lo;
+    this.#words[w + 1] = hi;
   }
 
   readXmm(index: number, into: Uint8Array): void {
     this.#vcpu.readXmm(index, into);
   }
+}
+
+/** Where the hypercall page's `out` sits (after `endbr64`), and its length (E6 ib). */
+const PAGE_OUT_OFFSET = HYPERCALL_PAGE_CODE.indexOf(0xe6);
+const PAGE_OUT_LENGTH = 2n;
+const UD_VECTOR = 6;
+const EFER_LMA = 1n << 10n;
+const PAGE_MASK = 0xfffn;
+
+/**
+ * Raises #UD in the guest for a hypercall exit the handler refused ("ud": CPL > 0, real mode,
+ * XMM input not offered). Returns where the exception leaves RIP.
+ *
+ * Hyper-V raises that #UD as a fault on the VMCALL, so the guest's handler sees RIP at the
+ * hypercall instruction; here that instruction is the hypercall page's `out`. KVM reports an
+ * OUT exit with RIP at the instruction (hardware fast PIO: skipped on the next entry unless RIP
+ * changed) or past it (instruction emulator, as on PVM), so the I/O is first completed without
+ * running the guest (`Vcpu.completeIo`), after which RIP is past the OUT on every KVM. When the
+ * OUT just executed is the page's (CS.base + RIP - 2 translates to its GPA), RIP is moved back
+ * onto it: "at-instruction", as with VMCALL, and a guest that returns from its handler without
+ * fixing anything faults again, as on Hyper-V. An OUT to the port from anywhere else is not a
+ * hypercall instruction whose length we know, so its #UD is raised past it: "after-instruction".
+ */
+export function raiseHypercallUd(
+  vcpu: Vcpu,
+  hypercallMsr: bigint,
+): "at-instruction" | "after-instruction" {
+  vcpu.completeIo();
+  vcpu.loadRegs();
+  const s = vcpu.getSregs();
+  const rip = vcpu.regs[REG.rip]!;
+  const long = (s.efer & EFER_LMA) !== 0n && s.cs.l === 1;
+  // Linear address of the candidate OUT: no segment base in 64-bit mode, 32-bit wrap otherwise.
+  const outRip = BigInt.asUintN(long ? 64 : 32, rip - PAGE_OUT_LENGTH);
+  const linear = long ? outRip : BigInt.asUintN(32, s.cs.base + outRip);
+  const pageOut = (hypercallMsr & ~PAGE_MASK) + BigInt(PAGE_OUT_OFFSET);
+  let atPage = false;
+  try {
+    atPage = rip >= PAGE_OUT_LENGTH && vcpu.translate(linear) === pageOut;
+  } catch {
+    // A KVM that cannot translate still gets its #UD, past the instruction.
+  }
+  if (atPage) {
+    vcpu.regs[REG.rip] = outRip;
+    vcpu.storeRegs();
+  }
+  vcpu.injectException(UD_VECTOR);
+  return atPage ? "at-instruction" : "after-instruction";
 }
 
 /** VP_RUNTIME for the calling thread's vCPU: its thread CPU time, in 100 ns units. */

@@ -7,10 +7,12 @@
  */
 import { eventfdSignal, libc } from "../../ffi/libc.ts";
 import type { CpuidEntry } from "../kvm/kvm.ts";
+import { EXIT, ExitCounters } from "../kvm/exit_counters.ts";
 import { GuestMemory } from "../kvm/guest_memory.ts";
 import { REG, Vcpu } from "../kvm/vcpu.ts";
 import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
-import { armKicks, EXIT_NAMES, runVcpu, type VcpuStop } from "../kvm/vcpu_loop.ts";
+import { armKicks, EXIT_NAMES, KICK_SIGNAL, runVcpu, type VcpuStop } from "../kvm/vcpu_loop.ts";
+import { releaseRdtsc } from "../kvm/tsc.ts";
 import { VmInterrupts } from "../kvm/vm.ts";
 import type { BootCpuState } from "../machine/page_tables.ts";
 import { SharedPowerControl } from "../machine/power.ts";
@@ -18,8 +20,13 @@ import { getLogger, rateLimited } from "../util/log.ts";
 import { configureLogging } from "./logging.ts";
 import { attachPcDevices, type PcDeviceState } from "./pc_devices.ts";
 import { HV_HYPERCALL_PORT, type HyperV } from "../hyperv/mod.ts";
-import { attachEnlightenments, type HvThreadInit } from "./enlightenments.ts";
-import { VcpuHypercallRegs, VcpuTlbFlusher } from "./hyperv_host.ts";
+import {
+  attachEnlightenments,
+  attachVcpuTimers,
+  type HvThreadInit,
+  type VcpuTimers,
+} from "./enlightenments.ts";
+import { raiseHypercallUd, VcpuHypercallRegs, VcpuTlbFlusher } from "./hyperv_host.ts";
 
 /** Everything a vCPU thread gets at start (structured-cloneable). */
 export interface VcpuThreadInit {
@@ -42,6 +49,8 @@ export interface VcpuThreadInit {
   powerEventfd: number;
   /** Where COM1 output goes (-1: nowhere). */
   serialFd: number;
+  /** This vCPU's `ExitCounters` state (the control socket reads it). */
+  exitCounters: SharedArrayBuffer;
   logLevel: string;
 }
 
@@ -106,6 +115,10 @@ function writeAll(fd: number, bytes: Uint8Array): void {
 export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
   const control = new VcpuControl(init.controls[init.index]!);
   const vcpu = new Vcpu(init.vcpuFd, init.index, init.runSize, init.syncRegs);
+  const exits = new ExitCounters(init.exitCounters);
+  const counts = exits.counts;
+  let timers: VcpuTimers | undefined;
+  let peers: VcpuControl[] = [];
   try {
     vcpu.setCpuid(init.cpuid);
     vcpu.initFpu();
@@ -137,6 +150,7 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
         if (i !== init.index) c.attachRun(init.vcpuFds[i]!, init.runSize);
         return c;
       });
+      peers = controls;
       hv = attachEnlightenments(init.hv, {
         memory: guestMemoryFrom(init.ram),
         interrupts,
@@ -153,13 +167,37 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
           power.crash();
         },
       });
+      // Synthetic timers fire as kicks of this thread (after armKicks blocked the signal).
+      timers = attachVcpuTimers(init.hv, hv, { vp: init.index, signal: KICK_SIGNAL });
     }
     const index = init.index;
     const badHypercall = rateLimited();
+    // A hypercall from CPL > 0 or real mode, or with XMM input not offered: #UD, as Hyper-V.
+    const refuseHypercall = (hv: HyperV) => {
+      try {
+        const at = raiseHypercallUd(vcpu, hv.partition.hypercallMsr);
+        badHypercall(() =>
+          log.info("hypercall refused: #UD injected ({at}), mode {mode}", {
+            at,
+            mode: JSON.stringify(
+              vcpu.modeRegs(),
+              (_k, v) => typeof v === "bigint" ? v.toString(16) : v,
+            ),
+          })
+        );
+      } catch (e) {
+        badHypercall(() =>
+          log.error("hypercall refused, but #UD could not be injected: {error}", {
+            error: String(e),
+          })
+        );
+      }
+    };
 
     const stop = runVcpu(vcpu, {
       pio(port, write, data) {
         if (hv && port === HV_HYPERCALL_PORT && write) {
+          counts[EXIT.hypercall]!++;
           regs.begin();
           const r = hv.hypercall(index, regs);
           if (r === "done") {
@@ -167,15 +205,7 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
             return;
           }
           if (r === "ud") {
-            badHypercall(() =>
-              log.warning("hypercall refused with #UD (not injected): mode {mode} rcx {rcx}", {
-                mode: JSON.stringify(
-                  vcpu.modeRegs(),
-                  (_k, v) => typeof v === "bigint" ? v.toString(16) : v,
-                ),
-                rcx: regs.getGpr("rcx").toString(16),
-              })
-            );
+            refuseHypercall(hv);
             return;
           }
         }
@@ -209,8 +239,12 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
         );
       },
       rdmsr: (msr) => hv?.rdmsr(index, msr),
-      wrmsr: (msr, value) => hv?.wrmsr(index, msr, value) ?? false,
+      wrmsr: (msr, value) => {
+        exits.msrWrite(msr);
+        return hv?.wrmsr(index, msr, value) ?? false;
+      },
       onKick() {
+        if (timers) counts[EXIT.stimer]! += timers.runDue();
         const req = control.takeRequests();
         if (req & VCPU_REQUEST.FLUSH_TLB) {
           flushSelf();
@@ -218,7 +252,7 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
         }
         return (req & VCPU_REQUEST.STOP) === 0;
       },
-    });
+    }, counts);
     const result: VcpuThreadResult = { index: init.index, stop };
     if (stop.kind !== "stopped") {
       result.dump = dumpState(vcpu);
@@ -236,6 +270,11 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
       dump: dumpState(vcpu),
     };
   } finally {
+    timers?.close();
+    // Mappings are process-wide and outlive this thread: drop them, or every reboot adds more.
+    for (const p of peers) p.detachRun();
+    vcpu.close();
+    releaseRdtsc();
     control.markExited();
   }
 }

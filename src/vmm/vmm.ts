@@ -10,8 +10,9 @@ import { GuestMemory } from "../kvm/guest_memory.ts";
 import { type CpuidEntry, Kvm } from "../kvm/kvm.ts";
 import { Vcpu } from "../kvm/vcpu.ts";
 import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
-import { hasFeature, type HvFeatures, parseHvFeatures } from "../hyperv/mod.ts";
-import { setupEnlightenments } from "./enlightenments.ts";
+import { ExitCounters } from "../kvm/exit_counters.ts";
+import { hasFeature, type HvFeatures } from "../hyperv/mod.ts";
+import { setupEnlightenments, type SyndbgLink } from "./enlightenments.ts";
 import { type ControlTarget, serveControl } from "./control.ts";
 import { VmbusServer } from "../vmbus/mod.ts";
 import { openDisk, ScsiController, ScsiDisk, StorvspDevice } from "../devices/storage/mod.ts";
@@ -23,11 +24,12 @@ import { bootCpuState, writeBootTables } from "../machine/page_tables.ts";
 import { SharedPowerControl } from "../machine/power.ts";
 import { UsageError } from "../util/errors.ts";
 import { getLogger } from "../util/log.ts";
-import type { VmConfig } from "./config.ts";
+import { hvFeaturesOf, type SyndbgSpec, type VmConfig } from "./config.ts";
 import { EventLoop } from "./event_loop.ts";
 import { attachPcDevices, createPcDeviceState } from "./pc_devices.ts";
 import type { VcpuThreadInit, VcpuThreadResult } from "./vcpu_thread.ts";
 import { installAcpi } from "./acpi.ts";
+import { openDebugSocket } from "./syndbg_udp.ts";
 
 const log = getLogger("machine");
 
@@ -80,7 +82,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     ? readInput(config.initrdPath, "initrd")
     : undefined;
   const map = buildMemoryMap(config.memoryBytes);
-  const features = parseHvFeatures(config.hv);
+  const features = hvFeaturesOf(config);
   const hostRam = hostRamBytes();
   if (config.memoryBytes > hostRam) {
     throw new UsageError(
@@ -104,6 +106,8 @@ export async function runVm(config: VmConfig): Promise<number> {
   const control = config.controlPath
     ? serveControl(config.controlPath, () => controlTarget)
     : undefined;
+  // The debugger link outlives guest resets too, like the debug session it carries.
+  const syndbg = config.syndbg ? openSyndbg(config.syndbg) : undefined;
   const serialFd = openSerial(config);
   const raw = enterRawMode(config);
   const consoleInput: ConsoleInput = { target: undefined };
@@ -124,6 +128,7 @@ export async function runVm(config: VmConfig): Promise<number> {
         cmos,
         features,
         scsi,
+        syndbg,
         console: consoleInput,
         publish: (t) => controlTarget = t ? { ...t, boots } : undefined,
       });
@@ -164,7 +169,25 @@ export async function runVm(config: VmConfig): Promise<number> {
     stdin?.stop();
     control?.close();
     if (serialFd > 2) close(serialFd);
+    if (syndbg) close(syndbg.fd);
     await scsi?.close();
+  }
+}
+
+/** Opens the synthetic debugger's UDP socket for `--syndbg`. */
+function openSyndbg(spec: SyndbgSpec): SyndbgLink & { hypercalls: boolean } {
+  const peer = { address: spec.address, port: spec.port };
+  try {
+    const fd = openDebugSocket(peer);
+    const ip = [24, 16, 8, 0].map((s) => (spec.address >>> s) & 0xff).join(".");
+    log.info("synthetic debugger: UDP to {ip}:{port} ({via})", {
+      ip,
+      port: spec.port,
+      via: spec.hypercalls ? "hypercalls" : "MSRs",
+    });
+    return { fd, peer, hypercalls: spec.hypercalls };
+  } catch (e) {
+    throw new UsageError(`--syndbg: cannot open the UDP socket: ${(e as Error).message}`);
   }
 }
 
@@ -173,7 +196,7 @@ async function openScsiController(
   config: VmConfig,
 ): Promise<{ controller: ScsiController; close(): Promise<void> } | undefined> {
   if (config.disks.length === 0) return undefined;
-  if (!hasFeature(parseHvFeatures(config.hv), "synic")) {
+  if (!hasFeature(hvFeaturesOf(config), "synic")) {
     throw new UsageError("--disk needs VMBus, which needs the synic enlightenment (--hv all)");
   }
   const controller = new ScsiController();
@@ -243,6 +266,8 @@ interface BootInputs {
   cmos: SharedArrayBuffer;
   features: HvFeatures;
   scsi: { controller: ScsiController } | undefined;
+  /** The synthetic debugger's socket (`--syndbg`), kept across resets. */
+  syndbg: (SyndbgLink & { hypercalls: boolean }) | undefined;
   /** Host input for the guest console. */
   console: ConsoleInput;
   /** Makes the running VM reachable from the control socket (undefined: it stopped). */
@@ -258,6 +283,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
   const workers: Worker[] = [];
   const controls: VcpuControl[] = [];
   const cleanups: (() => void)[] = [];
+  let vmbus: VmbusServer | undefined;
   try {
     vm.setTssAddress(KVM_TSS_START);
     vm.setIdentityMapAddress(KVM_IDENTITY_MAP_START);
@@ -313,11 +339,14 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     });
 
     // 5. Hyper-V enlightenments (CPUID, MSR routing, shared state, timer and SynIC drivers).
+    // vCPU 0 is borrowed here (before its thread exists) to read the guest TSC offset.
+    const vcpu0 = new Vcpu(vcpuFds[0]!, 0, runSize, false);
+    cleanups.push(() => vcpu0.close()); // if setup throws; closed right after it otherwise
     const enlightenments = setupEnlightenments({
       vm,
       memory,
       baseCpuid: kvm.supportedCpuid(),
-      vcpu0: new Vcpu(vcpuFds[0]!, 0, runSize, false),
+      vcpu0,
       cpus: config.cpus,
       features: inputs.features,
       kvmLeaves: config.hvKvmLeaves,
@@ -325,11 +354,12 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       loop,
       onGuestMessage: (id, type, payload) => vmbus?.onPostMessage(id, type, payload),
       onGuestSignal: (id) => vmbus?.onSignalEvent(id, 0),
+      ...(inputs.syndbg ? { syndbg: inputs.syndbg } : {}),
     });
+    vcpu0.close();
     cleanups.push(() => enlightenments.close());
 
     // 6. VMBus host and its devices (needs the SynIC).
-    let vmbus: VmbusServer | undefined;
     let ics: IntegrationComponents | undefined;
     const hv = enlightenments.hv;
     if (hv && withVmbus) {
@@ -353,7 +383,14 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       }
     }
 
-    inputs.publish({ cpus: config.cpus, vmbus, ics });
+    const exitCounters = Array.from({ length: config.cpus }, () => ExitCounters.createState());
+    inputs.publish({
+      cpus: config.cpus,
+      vmbus,
+      ics,
+      scsi: inputs.scsi?.controller,
+      exits: () => exitCounters.map((sab) => new ExitCounters(sab).snapshot()),
+    });
     cleanups.push(() => inputs.publish(undefined));
 
     // 7. Start the vCPUs.
@@ -361,6 +398,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       const control = new VcpuControl(VcpuControl.createState());
       control.attachRun(vcpuFds[i]!, runSize);
       controls.push(control);
+      cleanups.push(() => control.detachRun());
     }
     const results: Promise<VcpuThreadResult>[] = [];
     for (let i = 0; i < config.cpus; i++) {
@@ -393,6 +431,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
         power: powerState,
         powerEventfd: powerFd,
         serialFd,
+        exitCounters: exitCounters[i]!,
         logLevel: config.logLevel,
       };
       worker.postMessage(init);
@@ -459,10 +498,30 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     return outcome;
   } finally {
     for (const w of workers) w.terminate();
+    // Guest memory is unmapped below; storage reads may still be moving data into it.
+    if (vmbus) await quiesceVmbus(vmbus);
     for (const c of cleanups.reverse()) c();
     loop.close();
     close(powerFd);
     vm.close();
+  }
+}
+
+/**
+ * Closes every VMBus channel and waits until the devices finished the I/O they still had in
+ * flight into guest memory (disk reads straight into guest pages); warns while it takes long.
+ */
+async function quiesceVmbus(server: VmbusServer): Promise<void> {
+  server.reset();
+  let waited = 0;
+  const timer = setInterval(() => {
+    waited += 5;
+    log.warning("still waiting for device I/O into guest memory after {s} s", { s: waited });
+  }, 5000);
+  try {
+    await server.settled();
+  } finally {
+    clearInterval(timer);
   }
 }
 
