@@ -108,6 +108,27 @@ export const QEMU_HYPERV: Pick<GuestSpec, "qemuCpu" | "vmmArgs"> = {
   vmmArgs: ["-device", "vmbus-bridge"],
 };
 
+/**
+ * Asks a VMM's control socket (`--control PATH`) one JSON-lines question and returns the reply.
+ * Rejects when the socket is not there yet or the reply is not JSON.
+ */
+export async function askControl(path: string, req: unknown): Promise<Record<string, unknown>> {
+  const conn = await Deno.connect({ transport: "unix", path });
+  try {
+    await conn.write(new TextEncoder().encode(JSON.stringify(req) + "\n"));
+    let text = "";
+    const buf = new Uint8Array(65536);
+    while (!text.includes("\n")) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      text += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    return JSON.parse(text);
+  } finally {
+    conn.close();
+  }
+}
+
 /** Base kernel command line of every guest test. */
 export const BASE_CMDLINE = "console=ttyS0 panic=-1";
 

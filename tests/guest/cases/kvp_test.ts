@@ -3,7 +3,7 @@
  * control socket lands in the guest's pool file, and the host reads it back by enumeration.
  */
 import assert from "node:assert/strict";
-import { bootGuest, describeRun, guestEnvironment } from "../harness.ts";
+import { askControl, bootGuest, describeRun, guestEnvironment } from "../harness.ts";
 
 const DAEMON = "/usr/sbin/hv_kvp_daemon";
 const haveDaemon = (() => {
@@ -24,23 +24,6 @@ function daemonFiles() {
     const p of [DAEMON, "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]
   ) files[p] = { data: Deno.readFileSync(Deno.realPathSync(p)), mode: 0o755 };
   return files;
-}
-
-async function ask(path: string, req: unknown): Promise<Record<string, unknown>> {
-  const conn = await Deno.connect({ transport: "unix", path });
-  try {
-    await conn.write(new TextEncoder().encode(JSON.stringify(req) + "\n"));
-    let text = "";
-    const buf = new Uint8Array(65536);
-    while (!text.includes("\n")) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      text += new TextDecoder().decode(buf.subarray(0, n));
-    }
-    return JSON.parse(text);
-  } finally {
-    conn.close();
-  }
 }
 
 Deno.test({
@@ -73,12 +56,16 @@ Deno.test({
     running.finally(() => done = true);
     for (let i = 0; i < 150 && !done; i++) {
       await new Promise((r) => setTimeout(r, 1000));
-      set = await ask(sock, { cmd: "kvp-set", key: "hyperdeno-key", value: "hyperdeno-value" })
+      set = await askControl(sock, {
+        cmd: "kvp-set",
+        key: "hyperdeno-key",
+        value: "hyperdeno-value",
+      })
         .catch((e) => ({ ok: false, error: String(e) }));
       if (set.ok) break;
     }
     for (let i = 0; i < 30 && !done && set?.ok; i++) {
-      got = await ask(sock, { cmd: "kvp-get", key: "hyperdeno-key", pool: 0 })
+      got = await askControl(sock, { cmd: "kvp-get", key: "hyperdeno-key", pool: 0 })
         .catch((e) => ({ ok: false, error: String(e) }));
       if (got.ok) break;
       await new Promise((r) => setTimeout(r, 1000));

@@ -16,7 +16,7 @@
  * (`tests/guest/tools/odirect.c`, built static) and are skipped with the reason without one.
  */
 import assert from "node:assert/strict";
-import { assertMark, describeRun, type GuestRun, guestTest } from "../harness.ts";
+import { askControl, assertMark, describeRun, type GuestRun, guestTest } from "../harness.ts";
 import { guestTool } from "../kit/tools.ts";
 
 const DIR = await Deno.makeTempDir({ prefix: "hyperdeno-storage-" });
@@ -119,24 +119,6 @@ function indexOf(hay: Uint8Array, needle: Uint8Array): number {
   return -1;
 }
 
-/** Asks the control socket one JSON-lines question. */
-async function ask(req: unknown): Promise<Record<string, unknown>> {
-  const conn = await Deno.connect({ transport: "unix", path: SOCK });
-  try {
-    await conn.write(new TextEncoder().encode(JSON.stringify(req) + "\n"));
-    let text = "";
-    const buf = new Uint8Array(65536);
-    while (!text.includes("\n")) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      text += new TextDecoder().decode(buf.subarray(0, n));
-    }
-    return JSON.parse(text);
-  } finally {
-    conn.close();
-  }
-}
-
 /** What the host sees of the filesystem LUNs while the guest waits. */
 interface Snapshot {
   /** Whether the guest's file text is in the image file, by LUN. */
@@ -152,7 +134,7 @@ async function snapshot(): Promise<Snapshot> {
     const needle = new TextEncoder().encode(`${DURABLE}-${lun}`);
     found.set(lun, indexOf(await Deno.readFile(path), needle) >= 0);
   }
-  const disks: Record<string, unknown> = await ask({ cmd: "disks" })
+  const disks: Record<string, unknown> = await askControl(SOCK, { cmd: "disks" })
     .catch((e) => ({ ok: false, error: String(e) }));
   const flushes = new Map<number, number>();
   for (const d of Array.isArray(disks.disks) ? disks.disks : []) {

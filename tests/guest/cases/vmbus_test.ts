@@ -5,7 +5,14 @@
  * reconnects, and a guest panic reported through the crash MSRs.
  */
 import assert from "node:assert/strict";
-import { assertMark, bootGuest, describeRun, guestEnvironment, guestTest } from "../harness.ts";
+import {
+  askControl,
+  assertMark,
+  bootGuest,
+  describeRun,
+  guestEnvironment,
+  guestTest,
+} from "../harness.ts";
 
 const IC_CLASSES = {
   shutdown: "{0e0b6031-5213-4934-818b-38d90ced39db}",
@@ -48,24 +55,6 @@ guestTest("VMBus 5.3 with the four integration components; time sync fixes a clo
   assert.ok(Math.abs(hostNow - guestNow) < 30, `guest clock ${guestNow} vs host ${hostNow}`);
 });
 
-/** Asks the control socket at `path` one JSON-lines question. */
-async function ask(path: string, req: unknown): Promise<Record<string, unknown>> {
-  const conn = await Deno.connect({ transport: "unix", path });
-  try {
-    await conn.write(new TextEncoder().encode(JSON.stringify(req) + "\n"));
-    let text = "";
-    const buf = new Uint8Array(65536);
-    while (!text.includes("\n")) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      text += new TextDecoder().decode(buf.subarray(0, n));
-    }
-    return JSON.parse(text);
-  } finally {
-    conn.close();
-  }
-}
-
 Deno.test({
   name:
     "control socket lists the four open IC channels; SIGTERM shuts the guest down via the shutdown IC",
@@ -91,7 +80,7 @@ Deno.test({
     // Wait for the guest's hv_utils to open all four channels, then send SIGTERM.
     for (let i = 0; i < 240 && !done; i++) {
       await new Promise((r) => setTimeout(r, 1000));
-      const r = await ask(sock, { cmd: "channels" }).catch(() => undefined);
+      const r = await askControl(sock, { cmd: "channels" }).catch(() => undefined);
       channels = (r?.channels as typeof channels) ?? [];
       if (channels.filter((c) => c.state === "open").length === 4) break;
     }
