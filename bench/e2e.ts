@@ -20,9 +20,9 @@ import { BASE_CMDLINE, CLI_PATH, type Vmm, vmmCommand } from "../tests/guest/har
 import { findHostKernel } from "../tests/guest/kit/host.ts";
 import { initramfsFile } from "../tests/guest/kit/initramfs.ts";
 import { GUEST_MARKER_PREFIX } from "../tests/guest/kit/markers.ts";
-import { decideMachineMode, gatherMachineFacts, which } from "../tests/guest/machine/detect.ts";
-import { runInTestMachine } from "../tests/guest/machine/test_machine.ts";
-import { machineDescription, markdownRows } from "./report.ts";
+import { which } from "../tests/guest/machine/detect.ts";
+import { runGuestBench } from "./lib/nested.ts";
+import { markdownRows } from "./report.ts";
 
 const RESULT_PREFIX = "@@hyperdeno-e2e:result ";
 const REPO = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
@@ -171,61 +171,16 @@ async function main(): Promise<number> {
     cpus: Math.max(1, Number(values.cpus)),
     hv: values.hv,
   };
-  if (values.inner) {
-    // Inside the test machine: measure and hand the boots back over the console.
-    const boots = await measureHere(o);
-    console.log(RESULT_PREFIX + JSON.stringify(boots));
-    return 0;
-  }
-  const mode = decideMachineMode(gatherMachineFacts());
-  if (mode.kind === "skip") {
-    console.log(`skipped: end-to-end boot benchmark: ${mode.why}`);
-    return 0;
-  }
-  if (mode.kind === "direct") {
-    const boots = await measureHere(o);
-    console.log(table(boots, `on ${machineDescription()}`, o));
-    return 0;
-  }
-  if (mode.install.length > 0) {
-    console.log(`skipped: end-to-end boot benchmark: install ${mode.install.join(" ")} first`);
-    return 0;
-  }
-  console.error(`${mode.why}: measuring inside the nested test machine (QEMU TCG, nested SVM)`);
-  await initramfsFile(initramfsSpec()); // built here, found in the cache by the machine
-  let boots: Boot[] | undefined;
-  const result = await runInTestMachine(
-    [
-      Deno.execPath(),
-      "run",
-      "-A",
-      "bench/e2e.ts",
-      "--inner",
-      `--rounds=${o.rounds}`,
-      `--memory=${o.memory}`,
-      `--cpus=${o.cpus}`,
-      `--hv=${o.hv}`,
-    ],
-    {
-      cwd: REPO,
-      env: { NO_COLOR: "1" },
-      onLine(line) {
-        if (line.startsWith(RESULT_PREFIX)) boots = JSON.parse(line.slice(RESULT_PREFIX.length));
-        else console.error(line);
-      },
-    },
-  );
-  if (result.problem !== undefined || result.status !== 0 || boots === undefined) {
-    console.error(
-      `end-to-end boot benchmark failed in the test machine: ${
-        result.problem ?? `exit ${result.status}`
-      }`,
-    );
-    console.error(result.report.lines.slice(-40).join("\n"));
-    return 1;
-  }
-  console.log(table(boots, `both nested in the test machine on ${machineDescription()}`, o));
-  return 0;
+  return await runGuestBench({
+    title: "end-to-end boot benchmark",
+    script: "bench/e2e.ts",
+    args: [`--rounds=${o.rounds}`, `--memory=${o.memory}`, `--cpus=${o.cpus}`, `--hv=${o.hv}`],
+    inner: values.inner,
+    resultPrefix: RESULT_PREFIX,
+    measure: () => measureHere(o),
+    prepare: () => initramfsFile(initramfsSpec()),
+    render: (boots, where) => table(boots, where, o),
+  });
 }
 
 if (import.meta.main) Deno.exit(await main());

@@ -25,9 +25,8 @@ import { findHostKernel } from "../tests/guest/kit/host.ts";
 import { initramfsFile } from "../tests/guest/kit/initramfs.ts";
 import { GUEST_MARKER_PREFIX, parseSerial } from "../tests/guest/kit/markers.ts";
 import { guestTool } from "../tests/guest/kit/tools.ts";
-import { decideMachineMode, gatherMachineFacts } from "../tests/guest/machine/detect.ts";
-import { runInTestMachine } from "../tests/guest/machine/test_machine.ts";
-import { machineDescription, markdownRows } from "./report.ts";
+import { runGuestBench } from "./lib/nested.ts";
+import { markdownRows } from "./report.ts";
 
 const RESULT_PREFIX = "@@hyperdeno-storage-e2e:result ";
 const REPO = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
@@ -237,53 +236,16 @@ async function main(): Promise<number> {
     cache: values.cache,
     cpus: Math.max(1, Number(values.cpus)),
   };
-  if (values.inner) {
-    console.log(RESULT_PREFIX + JSON.stringify(await measureHere(o)));
-    return 0;
-  }
-  const mode = decideMachineMode(gatherMachineFacts());
-  if (mode.kind === "skip") {
-    console.log(`skipped: storage end-to-end benchmark: ${mode.why}`);
-    return 0;
-  }
-  if (mode.kind === "direct") {
-    console.log(table(await measureHere(o), `on ${machineDescription()}`, o));
-    return 0;
-  }
-  if (mode.install.length > 0) {
-    console.log(`skipped: storage end-to-end benchmark: install ${mode.install.join(" ")} first`);
-    return 0;
-  }
-  console.error(`${mode.why}: measuring inside the nested test machine (QEMU TCG, nested SVM)`);
-  await initramfs(o); // built here (and the tool compiled), found in the cache by the machine
-  let samples: Sample[] | undefined;
-  const result = await runInTestMachine(
-    [
-      Deno.execPath(),
-      "run",
-      "-A",
-      "bench/storage_e2e.ts",
-      "--inner",
-      ...Object.entries(o).map(([k, v]) => `--${k}=${v}`),
-    ],
-    {
-      cwd: REPO,
-      env: { NO_COLOR: "1" },
-      onLine(line) {
-        if (line.startsWith(RESULT_PREFIX)) samples = JSON.parse(line.slice(RESULT_PREFIX.length));
-        else console.error(line);
-      },
-    },
-  );
-  if (result.problem !== undefined || result.status !== 0 || samples === undefined) {
-    console.error(
-      `storage benchmark failed in the test machine: ${result.problem ?? `exit ${result.status}`}`,
-    );
-    console.error(result.report.lines.slice(-40).join("\n"));
-    return 1;
-  }
-  console.log(table(samples, `both nested in the test machine on ${machineDescription()}`, o));
-  return 0;
+  return await runGuestBench({
+    title: "storage end-to-end benchmark",
+    script: "bench/storage_e2e.ts",
+    args: Object.entries(o).map(([k, v]) => `--${k}=${v}`),
+    inner: values.inner,
+    resultPrefix: RESULT_PREFIX,
+    measure: () => measureHere(o),
+    prepare: () => initramfs(o), // and the O_DIRECT tool compiled
+    render: (samples, where) => table(samples, where, o),
+  });
 }
 
 if (import.meta.main) Deno.exit(await main());
