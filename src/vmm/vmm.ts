@@ -60,30 +60,14 @@ function hostRamBytes(): number {
   return Number(libc.sysconf(C._SC_PHYS_PAGES)) * Number(libc.sysconf(C._SC_PAGESIZE));
 }
 
-/** What the host's KVM can do beyond KVM_GET_SUPPORTED_CPUID, for `vcpuCpuid`. */
-export interface CpuidHostCaps {
-  /**
-   * KVM_CAP_TSC_DEADLINE_TIMER: the in-kernel LAPIC emulates TSC-deadline mode. KVM does not
-   * report the CPUID bit itself (like QEMU, the VMM sets it): without it Linux falls back to
-   * the periodic-calibrated LAPIC timer, which costs a timer MSR exit per reprogramming.
-   */
-  tscDeadline?: boolean;
-}
-
 /** Per-vCPU CPUID: the supported set with this vCPU's APIC id and the package's CPU count. */
-export function vcpuCpuid(
-  base: readonly CpuidEntry[],
-  index: number,
-  cpus: number,
-  caps: CpuidHostCaps = {},
-): CpuidEntry[] {
+export function vcpuCpuid(base: readonly CpuidEntry[], index: number, cpus: number): CpuidEntry[] {
   return base.map((e) => {
     const c = { ...e };
     if (c.function === 1) {
       c.ebx = (c.ebx & 0x0000ffff) | ((cpus & 0xff) << 16) | ((index & 0xff) << 24);
       c.edx |= 1 << 28; // HTT: the logical count in EBX is valid
       c.ecx |= 1 << 31; // hypervisor present: guests look for the hypervisor CPUID leaves
-      if (caps.tscDeadline) c.ecx |= 1 << 24; // TSC-deadline LAPIC timer
     } else if (c.function === 0xb || c.function === 0x1f) {
       c.edx = index;
     }
@@ -358,9 +342,6 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     // vCPU 0 is borrowed here (before its thread exists) to read the guest TSC offset.
     const vcpu0 = new Vcpu(vcpuFds[0]!, 0, runSize, false);
     cleanups.push(() => vcpu0.close()); // if setup throws; closed right after it otherwise
-    const cpuidCaps: CpuidHostCaps = {
-      tscDeadline: kvm.checkExtension(KVM.KVM_CAP_TSC_DEADLINE_TIMER) > 0,
-    };
     const enlightenments = setupEnlightenments({
       vm,
       memory,
@@ -441,7 +422,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
         runSize,
         syncRegs,
         ram: vm.regions.map((r) => ({ gpa: r.gpa, size: r.size, hostAddress: r.hostAddress })),
-        cpuid: vcpuCpuid(enlightenments.cpuid, i, config.cpus, cpuidCaps),
+        cpuid: vcpuCpuid(enlightenments.cpuid, i, config.cpus),
         boot: i === 0 ? bootCpuState(boot) : undefined,
         controls: controls.map((c) => c.sab),
         vcpuFds,
