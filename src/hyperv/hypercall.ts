@@ -138,17 +138,15 @@ function decodeControlInto(c: Mutable<HypercallControl>, lo: number, hi: number)
   c.reservedSet = (lo & RSVD_LO) !== 0 || (hi & RSVD_HI) !== 0;
 }
 
+/** A control value of all zeros, to decode into. */
+function zeroControl(): Mutable<HypercallControl> {
+  return { code: 0, fast: false, varHead: 0, repCount: 0, repStart: 0, reservedSet: false };
+}
+
 /** Decodes the 64-bit hypercall input value (TLFS "Hypercall Inputs"). */
 export function decodeControl(value: bigint): HypercallControl {
   const v = BigInt.asUintN(64, value);
-  const c = {
-    code: 0,
-    fast: false,
-    varHead: 0,
-    repCount: 0,
-    repStart: 0,
-    reservedSet: false,
-  };
+  const c = zeroControl();
   decodeControlInto(c, Number(v & 0xffff_ffffn), Number(v >> 32n));
   return c;
 }
@@ -216,14 +214,7 @@ export class CallInput {
   /** Calling VP. */
   vp = 0;
   /** The decoded control value. */
-  readonly control: HypercallControl = {
-    code: 0,
-    fast: false,
-    varHead: 0,
-    repCount: 0,
-    repStart: 0,
-    reservedSet: false,
-  };
+  readonly control: HypercallControl = zeroControl();
   /** Backing bytes; the input is `bytes[base, base + size)`. */
   bytes: Uint8Array = EMPTY;
   /** DataView over the same backing memory as `bytes`. */
