@@ -8,6 +8,7 @@
  */
 import { findHostKernel } from "../kit/host.ts";
 import { initramfsFile } from "../kit/initramfs.ts";
+import { guestTool } from "../kit/tools.ts";
 import { MACHINE_MARKER_PREFIX, parseSerial, type SerialReport } from "../kit/markers.ts";
 import { which } from "./detect.ts";
 
@@ -73,6 +74,18 @@ export function shellQuote(s: string): string {
 
 const ROOT = "/mnt/root";
 
+/** A machine CPU reported stuck in its kernel this long is given up on. */
+const LOCKUP_GIVE_UP_SECONDS = 150;
+
+/** How long the kernel says a CPU has been stuck, from its "soft lockup" line, else undefined. */
+export function softLockupSeconds(line: string): number | undefined {
+  const m = /soft lockup - CPU#\d+ stuck for (\d+)s!/.exec(line);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** Where the L1 initramfs carries `tests/guest/tools/kvm_pin_apic_keys.c`, when it was built. */
+export const APIC_KEY_PIN = "/bin/kvm_pin_apic_keys";
+
 /** The L1 init body: mount the host root under an overlay, chroot, run the command. */
 export function machineScript(
   argv: readonly string[],
@@ -101,6 +114,8 @@ export function machineScript(
   });
   lines.push(
     `hd_mark kvm "$([ -c /dev/kvm ] && echo present || echo missing)"`,
+    // Keeps KVM's LAPIC static keys from being live-patched under TCG (see the tool's source).
+    `hd_mark apic_keys "$([ -x ${APIC_KEY_PIN} ] && ${APIC_KEY_PIN} 2>&1 | head -c 200 || echo absent)"`,
     `hd_mark uptime "$(cut -d' ' -f1 /proc/uptime)"`,
   );
   const envArgs = Object.entries(env).map(([k, v]) => shellQuote(`${k}=${v}`)).join(" ");
@@ -145,7 +160,12 @@ export function machineQemuArgs(
     "-initrd",
     initrd,
     "-append",
-    "console=ttyS0 panic=-1 loglevel=3 mitigations=off",
+    // loglevel=5 keeps the boot quiet but prints the stacks (KERN_WARNING) that follow a
+    // lockup report, so a hang in CI shows where the machine's kernel was stuck.
+    "console=ttyS0 panic=-1 loglevel=5 mitigations=off softlockup_all_cpu_backtrace=1" +
+    (Deno.env.get("HYPERDENO_MACHINE_APPEND")
+      ? ` ${Deno.env.get("HYPERDENO_MACHINE_APPEND")}`
+      : ""),
     "-virtfs",
     "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
   ];
@@ -196,11 +216,18 @@ export async function runInTestMachine(
   env.HYPERDENO_IN_TEST_MACHINE = "1";
   delete env.HYPERDENO_TEST_MACHINE;
 
+  const pin = await guestTool("kvm_pin_apic_keys");
+  if (!pin.ok) {
+    console.warn(
+      `test machine: without kvm_pin_apic_keys its CPUs can lock up in KVM (${pin.reason})`,
+    );
+  }
   const initrd = await initramfsFile({
     kernelVersion: kernel.version,
     modules: MACHINE_MODULES,
     markerPrefix: MACHINE_MARKER_PREFIX,
     script: machineScript(argv, cwd, env, shares),
+    files: pin.ok ? { [APIC_KEY_PIN]: { data: pin.image, mode: 0o755 } } : {},
   });
   const memory = options.memory ?? Deno.env.get("HYPERDENO_TEST_MACHINE_MEMORY") ?? "6G";
   const args = machineQemuArgs(kernel.path, initrd, shares, {
@@ -216,15 +243,21 @@ export async function runInTestMachine(
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
+  const kill = () => {
     try {
       child.kill("SIGKILL");
     } catch {
       // already gone
     }
+  };
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    kill();
   }, options.timeoutMs ?? 25 * 60_000);
+  // A CPU of the machine stuck in its kernel this long never comes back (TCG's stale
+  // translations loop forever): stop there instead of waiting for the timeout.
+  let lockedUp: string | undefined;
 
   const stderrPromise = new Response(child.stderr).text();
   let text = "";
@@ -236,6 +269,10 @@ export async function runInTestMachine(
   const exitMarker = `${MACHINE_MARKER_PREFIX}:exit `;
   const handleLine = (raw: string) => {
     const line = raw.replaceAll("\r", "");
+    if ((softLockupSeconds(line) ?? 0) >= LOCKUP_GIVE_UP_SECONDS && lockedUp === undefined) {
+      lockedUp = line.trim();
+      kill();
+    }
     if (line.includes(`${MACHINE_MARKER_PREFIX}:booted`)) bootSeconds ??= elapsed();
     if (line.includes(`${MACHINE_MARKER_PREFIX}:mark uptime=`)) commandStartSeconds ??= elapsed();
     const isMarker = line.includes(`${MACHINE_MARKER_PREFIX}:`);
@@ -261,7 +298,11 @@ export async function runInTestMachine(
   const report = parseSerial(text, MACHINE_MARKER_PREFIX);
 
   let problem: string | undefined;
-  if (timedOut) {
+  if (lockedUp !== undefined) {
+    problem = `test machine kernel locked up (${lockedUp}); stopped after ${
+      Math.round(elapsed())
+    } s`;
+  } else if (timedOut) {
     problem = `test machine timed out after ${Math.round(elapsed())} s`;
   } else if (report.exitStatus === undefined) {
     const panic = report.lines.find((l) => l.includes("Kernel panic"));
@@ -276,6 +317,10 @@ export async function runInTestMachine(
     problem = `test machine setup failed: ${failed.join(", ")}`;
   } else if (report.marks.get("kvm") !== "present") {
     problem = "/dev/kvm is missing in the test machine (kvm_amd did not load: no SVM?)";
+  }
+  const pinned = report.marks.get("apic_keys");
+  if (pin.ok && pinned !== "pinned" && problem === undefined) {
+    console.warn(`test machine: kvm_pin_apic_keys did not pin KVM's LAPIC keys: ${pinned}`);
   }
   return {
     status: report.exitStatus,

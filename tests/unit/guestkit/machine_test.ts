@@ -1,9 +1,11 @@
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
 import {
+  APIC_KEY_PIN,
   MACHINE_MODULES,
   machineQemuArgs,
   machineScript,
   shellQuote,
+  softLockupSeconds,
 } from "../../guest/machine/test_machine.ts";
 
 Deno.test("machine: shell quoting survives quotes and spaces", async () => {
@@ -40,4 +42,21 @@ Deno.test("machine: the L1 script mounts the overlay root, shares, and runs in c
     s.includes(`/usr/bin/env -i 'A=1 2' /bin/sh -c 'cd "$0" && exec "$@"' /work/repo deno test -A`),
   );
   deepStrictEqual(MACHINE_MODULES.includes("kvm_amd"), true);
+});
+
+Deno.test("machine: the L1 script pins KVM's LAPIC keys before the command", () => {
+  const s = machineScript(["true"], "/r", {}, []);
+  const pin = s.indexOf(`${APIC_KEY_PIN} 2>&1`);
+  ok(pin > 0 && pin < s.indexOf("chroot"), s);
+  ok(s.includes("hd_mark apic_keys"));
+});
+
+Deno.test("machine: soft lockup lines give the stuck time; other lines none", () => {
+  deepStrictEqual(
+    softLockupSeconds(
+      "[  212.984603] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [worker-2:254]",
+    ),
+    26,
+  );
+  deepStrictEqual(softLockupSeconds("[ 1.0] rcu: INFO: rcu_sched detected stalls"), undefined);
 });
