@@ -18,7 +18,7 @@ import { VmbusServer } from "../vmbus/mod.ts";
 import { openDisk, ScsiController, ScsiDisk, StorvspDevice } from "../devices/storage/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
-import { loadLinux } from "../machine/linux_boot.ts";
+import { loadLinux, parseBzImage } from "../machine/linux_boot.ts";
 import { buildMemoryMap, type MemoryMap } from "../machine/memory_map.ts";
 import { bootCpuState, writeBootTables } from "../machine/page_tables.ts";
 import { SharedPowerControl } from "../machine/power.ts";
@@ -78,6 +78,8 @@ export function vcpuCpuid(base: readonly CpuidEntry[], index: number, cpus: numb
 /** Runs the VM described by `config` until it ends; returns the process exit status. */
 export async function runVm(config: VmConfig): Promise<number> {
   const kernel = readInput(config.kernelPath, "kernel");
+  // A bad kernel file is the user's to fix on any host: say so before looking for KVM.
+  parseBzImage(kernel, config.kernelPath);
   const initrd = config.initrdPath !== undefined
     ? readInput(config.initrdPath, "initrd")
     : undefined;
