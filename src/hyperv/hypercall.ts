@@ -746,6 +746,19 @@ export class HypercallHandler {
   }
 
   /**
+   * HvSignalEvent as the long-mode hypercall page's doorbell (`out dx, eax` to the port named
+   * by the connection id, flag number 0), when no eventfd completed it in the kernel.
+   */
+  signalDoorbell(connectionId: number): number {
+    if (!hasFeature(this.#d.features, "synic")) return T.HV_STATUS_ACCESS_DENIED;
+    const bridge = this.#d.bridge;
+    if (!bridge || connectionId < T.HV_DOORBELL_FIRST || connectionId > T.HV_DOORBELL_LAST) {
+      return T.HV_STATUS_INVALID_CONNECTION_ID;
+    }
+    return bridgeStatus(bridge.signalEvent(connectionId, 0));
+  }
+
+  /**
    * HvPostDebugData: the fixed header names `count` data bytes that follow it in the same input
    * block; the block, data included, must not cross a page (TLFS: parameter blocks never do).
    */

@@ -70,6 +70,8 @@ export interface HyperVDeps {
   apicHz?: number;
   /** The synthetic debugger's link to the host debugger (`syndbg`); absent = none. */
   debugTransport?: DebugTransport;
+  /** Whether this thread's vCPU runs in 64-bit mode at its current MSR exit (vCPU threads). */
+  callerLongMode?: () => boolean;
 }
 
 /** The Hyper-V enlightenments of one partition, as seen from one thread. */
@@ -116,6 +118,8 @@ export class HyperV {
       vpCount,
       ...(deps.crashSink ? { crashSink: deps.crashSink } : {}),
       ...(deps.apicHz !== undefined ? { apicHz: deps.apicHz } : {}),
+      doorbells: hasFeature(features, "synic"),
+      ...(deps.callerLongMode ? { callerLongMode: deps.callerLongMode } : {}),
     });
     this.vps = new HvVpRegisters(state.vps, {
       memory: deps.memory,
@@ -183,6 +187,14 @@ export class HyperV {
   /** WRMSR exit: `false` to inject #GP. */
   wrmsr(vp: number, index: number, value: bigint): boolean {
     return this.msrs.wrmsr(vp, index, value);
+  }
+
+  /**
+   * A doorbell of the long-mode hypercall page that reached user space (no eventfd bound to
+   * `connectionId`'s port): the fast HvSignalEvent it stands for; returns the status for RAX.
+   */
+  doorbell(connectionId: number): number {
+    return this.hypercalls.signalDoorbell(connectionId);
   }
 
   /** Hypercall port exit of VP `vp`. */

@@ -26,5 +26,12 @@ export * from "./syndbg.ts";
 export * from "./time.ts";
 export * from "./vp.ts";
 export { msiAddress } from "./shared.ts";
-export { HV_HYPERCALL_PORT, HYPERCALL_PAGE_CODE } from "./tlfs.ts";
+export {
+  DOORBELL_OUT_OFFSET,
+  HV_DOORBELL_FIRST,
+  HV_DOORBELL_LAST,
+  HV_HYPERCALL_PORT,
+  HYPERCALL_PAGE_CODE,
+  HYPERCALL_PAGE_CODE_LONG_MODE,
+} from "./tlfs.ts";
 export * as tlfs from "./tlfs.ts";

@@ -57,6 +57,13 @@ export interface HvPartitionDeps {
   crashSink?: CrashSink;
   /** LAPIC timer frequency reported by HV_X64_MSR_APIC_FREQUENCY; default 1 GHz (KVM). */
   apicHz?: number;
+  /**
+   * HvSignalEvent is offered: a hypercall page enabled from long mode gets the doorbell fast
+   * path (`HYPERCALL_PAGE_CODE_LONG_MODE`).
+   */
+  doorbells?: boolean;
+  /** Whether the vCPU writing an MSR runs in 64-bit mode; absent = never (plain page). */
+  callerLongMode?: () => boolean;
 }
 
 const log = getLogger("hyperv", "partition");
@@ -226,10 +233,15 @@ export class HvPartition {
       // hypercall will fail. The enable bit will remain zero even if a one is written to it").
       if (this.#get(S_GUEST_OS_ID) === 0n) value &= ~T.HV_MSR_ENABLE;
       if (value & T.HV_MSR_ENABLE) {
-        // The page is an overlay on guest RAM; outside RAM the write raises #GP.
-        const code = this.#deps.memory.trySlice(pageGpa(value), T.HYPERCALL_PAGE_CODE.length);
+        // The page is an overlay on guest RAM; outside RAM the write raises #GP. Its code
+        // follows the mode of the vCPU that enables it: guests enable it from the mode their
+        // kernel calls it in (64-bit Windows and Linux from long mode).
+        const bytes = this.#deps.doorbells && this.#deps.callerLongMode?.()
+          ? T.HYPERCALL_PAGE_CODE_LONG_MODE
+          : T.HYPERCALL_PAGE_CODE;
+        const code = this.#deps.memory.trySlice(pageGpa(value), bytes.length);
         if (!code) return false;
-        code.set(T.HYPERCALL_PAGE_CODE);
+        code.set(bytes);
       }
       this.#set(S_HYPERCALL, value);
       return true;

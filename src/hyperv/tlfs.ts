@@ -42,6 +42,63 @@ export const HYPERCALL_PAGE_CODE: readonly number[] = [
   0xc3,
 ];
 
+/**
+ * Connection ids whose fast HvSignalEvent the long-mode hypercall page turns into a plain
+ * `out dx, eax` to the I/O port of the same number (VMBus gives its channels 0x2001-0x27FF).
+ * The VMM can bind those ports to eventfds (KVM_IOEVENTFD), so a channel doorbell is completed
+ * inside KVM without an exit to user space, as QEMU's virtio notifications are; a port without
+ * an eventfd exits to user space like any hypercall. Nothing on a PC decodes these ports.
+ */
+export const HV_DOORBELL_FIRST = 0x2001;
+/** Last connection id (and I/O port) of the doorbell range. */
+export const HV_DOORBELL_LAST = 0x27ff;
+
+/** HvSignalEvent with the fast bit and no rep count: the control value the fast path matches. */
+const FAST_SIGNAL_EVENT_CONTROL = 0x1005d;
+
+/**
+ * The hypercall page for a partition whose hypercall page is enabled from long mode, when
+ * HvSignalEvent is offered: a fast HvSignalEvent (RCX = 0x1005D) to a connection id in the
+ * doorbell range with flag number 0 (RDX = the id) returns SUCCESS through `out dx, eax` with
+ * EAX = 0, which KVM completes in the kernel when an ioeventfd is bound to that port. Every
+ * other call takes the plain path. Only RAX (the result register) and the flags change, as with
+ * any hypercall. 32-bit callers get `HYPERCALL_PAGE_CODE` (these bytes decode differently there).
+ *
+ * ```
+ *  0: f3 0f 1e fa              endbr64
+ *  4: 48 81 f9 5d 00 01 00     cmp  rcx, 0x1005d
+ * 11: 75 13                    jne  plain
+ * 13: 48 8d 82 ff df ff ff     lea  rax, [rdx - 0x2001]      ; rdx < 0x2001 wraps: too big
+ * 20: 48 3d fe 07 00 00        cmp  rax, 0x7fe
+ * 26: 77 04                    ja   plain
+ * 28: 31 c0                    xor  eax, eax                 ; HV_STATUS_SUCCESS
+ * 30: ef                       out  dx, eax                  ; the doorbell
+ * 31: c3                       ret
+ * 32: e6 e3                    plain: out 0xe3, al
+ * 34: c3                       ret
+ * ```
+ */
+export const HYPERCALL_PAGE_CODE_LONG_MODE: readonly number[] = [
+  ...[0xf3, 0x0f, 0x1e, 0xfa],
+  ...[0x48, 0x81, 0xf9, ...le32(FAST_SIGNAL_EVENT_CONTROL)],
+  ...[0x75, 0x13],
+  ...[0x48, 0x8d, 0x82, ...le32(-HV_DOORBELL_FIRST)],
+  ...[0x48, 0x3d, ...le32(HV_DOORBELL_LAST - HV_DOORBELL_FIRST)],
+  ...[0x77, 0x04],
+  ...[0x31, 0xc0],
+  0xef,
+  0xc3,
+  ...[0xe6, HV_HYPERCALL_PORT],
+  0xc3,
+];
+
+/** Offset of the doorbell `out dx, eax` in `HYPERCALL_PAGE_CODE_LONG_MODE`. */
+export const DOORBELL_OUT_OFFSET = 30;
+
+function le32(v: number): number[] {
+  return [0, 8, 16, 24].map((s) => (v >>> s) & 0xff);
+}
+
 // --- CPUID leaves ---
 
 export const HV_CPUID_VENDOR_AND_MAX_FUNCTIONS = 0x40000000;

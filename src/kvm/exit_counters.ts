@@ -19,6 +19,8 @@ export const EXIT_KINDS = [
   "hypercall",
   /** Synthetic timers expired on this vCPU's thread. */
   "stimer",
+  /** Channel doorbells that exited to this thread (no eventfd bound to their port). */
+  "doorbell",
 ] as const;
 
 /** One counted kind. */

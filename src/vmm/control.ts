@@ -20,8 +20,10 @@
  *
  * `status`'s `exits` has one object per vCPU, counted since the boot started: exits that reached
  * user space by kind (`io`, `mmio`, `rdmsr`, `wrmsr`, `intr` for kicks and thread-timer signals,
- * `hlt`, `other`), `hypercall`s, synthetic timers expired on the vCPU's thread (`stimer`), and
+ * `hlt`, `other`), `hypercall`s, synthetic timers expired on the vCPU's thread (`stimer`),
+ * channel doorbells that exited because no eventfd took them (`doorbell`), and
  * `msrWrites` by Hyper-V MSR index (`{"0x40000095":n}`): what an idle guest costs, exit by exit.
+ * With VMBus, `doorbells` counts channel doorbells KVM completed through eventfds (no exit).
  * @module
  */
 import type { IntegrationComponents } from "../devices/ic/mod.ts";
@@ -42,6 +44,8 @@ export interface ControlTarget {
   scsi: ScsiController | undefined;
   /** Exit counters of each vCPU since this boot started (`status`'s `exits`). */
   exits?: () => ExitSnapshot[];
+  /** Channel doorbells KVM completed through eventfds this boot (`status`'s `doorbells`). */
+  doorbells?: () => number;
 }
 
 /** One disk in the `disks` reply. Counters count commands the backend completed successfully. */
@@ -119,6 +123,7 @@ export async function handleControlRequest(
           vmbus: target.vmbus?.connection ? "connected" : "not connected",
           heartbeat: ics?.heartbeat.health ?? null,
           ...(target.exits ? { exits: target.exits() } : {}),
+          ...(target.doorbells ? { doorbells: target.doorbells() } : {}),
         };
       case "shutdown":
       case "reboot": {

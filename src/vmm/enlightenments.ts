@@ -172,6 +172,8 @@ export function attachEnlightenments(init: HvThreadInit, deps: {
   flusher: TlbFlusher;
   vp: number;
   onCrash: (report: GuestCrashReport) => void;
+  /** Whether the vCPU is in 64-bit mode at its current exit (picks the hypercall page). */
+  callerLongMode: () => boolean;
 }): HyperV {
   const hv: HyperV = new HyperV(init.state, {
     memory: deps.memory,
@@ -183,6 +185,7 @@ export function attachEnlightenments(init: HvThreadInit, deps: {
     vpRuntime100ns: threadRuntime100ns,
     notifier: { notify: () => eventfdSignal(init.notifyFd) },
     crashSink: deps.onCrash,
+    callerLongMode: deps.callerLongMode,
     ...(init.bridge
       ? { bridge: new VcpuHostBridge(init.bridge, deps.vp, vmbusOwnsConnection) }
       : {}),

@@ -180,6 +180,26 @@ export function raiseHypercallUd(
   return atPage ? "at-instruction" : "after-instruction";
 }
 
+/**
+ * Whether the current I/O exit comes from the guest's hypercall page: RIP (at the OUT or just
+ * past it, depending on the KVM) lies on the page the hypercall MSR enabled. Used for the
+ * doorbell ports, which an OUT from anywhere else must not turn into a hypercall (it would
+ * get RAX overwritten). The page is only ever used from long mode, where CS has no base. One
+ * KVM_TRANSLATE: this runs only for doorbells no eventfd completed in the kernel.
+ */
+export function isHypercallPageExit(vcpu: Vcpu, hypercallMsr: bigint): boolean {
+  if ((hypercallMsr & 1n) === 0n) return false;
+  const both = VCPU_MODE.LMA | VCPU_MODE.CS_L;
+  if ((vcpu.exitMode() & both) !== both) return false;
+  vcpu.loadRegs();
+  const rip = vcpu.regs[REG.rip]!;
+  try {
+    return vcpu.translate(rip & ~PAGE_MASK) === (hypercallMsr & ~PAGE_MASK);
+  } catch {
+    return false;
+  }
+}
+
 /** VP_RUNTIME for the calling thread's vCPU: its thread CPU time, in 100 ns units. */
 export function threadRuntime100ns(): bigint {
   return clockNs(C.CLOCK_THREAD_CPUTIME_ID) / 100n;

@@ -9,7 +9,7 @@ import { eventfdSignal, libc } from "../../ffi/libc.ts";
 import type { CpuidEntry } from "../kvm/kvm.ts";
 import { EXIT, ExitCounters } from "../kvm/exit_counters.ts";
 import { GuestMemory } from "../kvm/guest_memory.ts";
-import { REG, Vcpu } from "../kvm/vcpu.ts";
+import { REG, Vcpu, VCPU_MODE } from "../kvm/vcpu.ts";
 import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
 import { armKicks, EXIT_NAMES, KICK_SIGNAL, runVcpu, type VcpuStop } from "../kvm/vcpu_loop.ts";
 import { releaseRdtsc } from "../kvm/tsc.ts";
@@ -19,14 +19,24 @@ import { SharedPowerControl } from "../machine/power.ts";
 import { getLogger, rateLimited } from "../util/log.ts";
 import { configureLogging } from "./logging.ts";
 import { attachPcDevices, type PcDeviceState } from "./pc_devices.ts";
-import { HV_HYPERCALL_PORT, type HyperV } from "../hyperv/mod.ts";
+import {
+  HV_DOORBELL_FIRST,
+  HV_DOORBELL_LAST,
+  HV_HYPERCALL_PORT,
+  type HyperV,
+} from "../hyperv/mod.ts";
 import {
   attachEnlightenments,
   attachVcpuTimers,
   type HvThreadInit,
   type VcpuTimers,
 } from "./enlightenments.ts";
-import { raiseHypercallUd, VcpuHypercallRegs, VcpuTlbFlusher } from "./hyperv_host.ts";
+import {
+  isHypercallPageExit,
+  raiseHypercallUd,
+  VcpuHypercallRegs,
+  VcpuTlbFlusher,
+} from "./hyperv_host.ts";
 
 /** Everything a vCPU thread gets at start (structured-cloneable). */
 export interface VcpuThreadInit {
@@ -157,6 +167,10 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
         power,
         flusher: new VcpuTlbFlusher(init.index, controls, flushSelf),
         vp: init.index,
+        callerLongMode: () => {
+          const both = VCPU_MODE.LMA | VCPU_MODE.CS_L;
+          return (vcpu.exitMode() & both) === both;
+        },
         onCrash: (report) => {
           Deno.stderr.writeSync(
             new TextEncoder().encode(`hyperdeno: guest crash: ${report.summary}\n`),
@@ -196,6 +210,17 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
 
     const stop = runVcpu(vcpu, {
       pio(port, write, data) {
+        if (
+          hv && write && port >= HV_DOORBELL_FIRST && port <= HV_DOORBELL_LAST &&
+          data.length === 4 && isHypercallPageExit(vcpu, hv.partition.hypercallMsr)
+        ) {
+          // A channel doorbell whose port has no eventfd: the fast HvSignalEvent it stands for.
+          counts[EXIT.doorbell]!++;
+          vcpu.regWords[REG.rax * 2] = hv.doorbell(port);
+          vcpu.regWords[REG.rax * 2 + 1] = 0;
+          vcpu.storeRegs();
+          return;
+        }
         if (hv && port === HV_HYPERCALL_PORT && write) {
           counts[EXIT.hypercall]!++;
           regs.begin();

@@ -15,6 +15,7 @@ import { hasFeature, type HvFeatures } from "../hyperv/mod.ts";
 import { setupEnlightenments, type SyndbgLink } from "./enlightenments.ts";
 import { type ControlTarget, serveControl } from "./control.ts";
 import { VmbusServer } from "../vmbus/mod.ts";
+import { bindDoorbells, type Doorbells } from "./doorbells.ts";
 import { openDisk, ScsiController, ScsiDisk, StorvspDevice } from "../devices/storage/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
@@ -363,10 +364,14 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
 
     // 6. VMBus host and its devices (needs the SynIC).
     let ics: IntegrationComponents | undefined;
+    let doorbells: Doorbells | undefined;
     const hv = enlightenments.hv;
     if (hv && withVmbus) {
       const server = new VmbusServer(memory, hv.synic, { vpCount: config.cpus });
       vmbus = server;
+      const bells = bindDoorbells(vm, loop, (id) => server.onSignalEvent(id, 0));
+      doorbells = bells;
+      cleanups.push(() => bells.close());
       hv.synic.onSlotFree(() => server.pump());
       ics = createIntegrationComponents({
         timesync: { referenceTime: () => hv.partition.referenceTime() },
@@ -392,6 +397,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       ics,
       scsi: inputs.scsi?.controller,
       exits: () => exitCounters.map((sab) => new ExitCounters(sab).snapshot()),
+      ...(doorbells ? { doorbells: () => doorbells?.count ?? 0 } : {}),
     });
     cleanups.push(() => inputs.publish(undefined));
 

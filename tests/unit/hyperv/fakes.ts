@@ -232,6 +232,8 @@ export function makeRig(
     /** With `syndbg`: the debugger link, and whether SYNDBG_OPTIONS starts with USE_HCALLS. */
     debugTransport?: DebugTransport;
     syndbgHypercalls?: boolean;
+    /** The MSR-writing vCPU's mode (default: not in long mode, the plain hypercall page). */
+    callerLongMode?: () => boolean;
   } = {},
 ): Rig {
   const features = options.features ?? HV_FEATURES_ALL;
@@ -267,6 +269,7 @@ export function makeRig(
     yieldCpu: (vp) => rig.yields.push(vp),
     ...(options.noBridge ? {} : { bridge: rig.bridge }),
     ...(options.debugTransport ? { debugTransport: options.debugTransport } : {}),
+    ...(options.callerLongMode ? { callerLongMode: options.callerLongMode } : {}),
   };
   rig.hv = new HyperV(state, deps);
   return rig as Rig;
