@@ -10,7 +10,10 @@
  * bytes in all). Slow calls read their input from one guest page and write their output, if
  * they have one, to one guest page.
  *
- * The exit path is the hot path of every VMBus doorbell (fast HvSignalEvent), so it handles
+ * A page enabled from long mode answers most VMBus doorbells (fast HvSignalEvent to a channel)
+ * without this handler: they become an `out dx, eax` that KVM completes through an eventfd
+ * (`HYPERCALL_PAGE_CODE_LONG_MODE`, `signalDoorbell` for the ones that still exit). For 32-bit
+ * callers the exit path remains the hot path of every doorbell, so it handles
  * registers as 32-bit halves (plain numbers, no BigInt), decodes the control value from those
  * halves, and allocates nothing: one reused `CallInput` per handler, the fast input block in a
  * preallocated buffer, slow input read in place through the RAM region's own DataView.

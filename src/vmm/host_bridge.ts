@@ -1,5 +1,7 @@
 /**
- * HvPostMessage and HvSignalEvent from vCPU threads to the VMBus host on the main thread.
+ * HvPostMessage and HvSignalEvent from vCPU threads to the VMBus host on the main thread (the
+ * long-mode hypercall page's doorbells mostly bypass this: KVM signals them through eventfds,
+ * see `doorbells.ts`).
  * Messages go through one single-producer ring per vCPU in a SharedArrayBuffer (no lock, no
  * allocation on the vCPU side); signals set a bit per connection id. Either wakes the main
  * thread through an eventfd. The vCPU answers the hypercall at once: SUCCESS once queued,

@@ -11,6 +11,7 @@ import { VCPU_REQUEST, type VcpuControl } from "../kvm/vcpu_control.ts";
 import {
   type GuestClock,
   HYPERCALL_PAGE_CODE,
+  HYPERCALL_PAGE_CODE_LONG_MODE,
   type HypercallGpr,
   type HypercallRegs,
   type TlbFlusher,
@@ -132,8 +133,14 @@ export class VcpuHypercallRegs implements HypercallRegs {
   }
 }
 
-/** Where the hypercall page's `out` sits (after `endbr64`), and its length (E6 ib). */
-const PAGE_OUT_OFFSET = HYPERCALL_PAGE_CODE.indexOf(0xe6);
+/**
+ * Where the hypercall `out 0xE3, al` sits in either page (after `endbr64` in the plain one,
+ * after the doorbell path in the long-mode one), and its length (E6 ib).
+ */
+const PAGE_OUT_OFFSETS = [
+  BigInt(HYPERCALL_PAGE_CODE.indexOf(0xe6)),
+  BigInt(HYPERCALL_PAGE_CODE_LONG_MODE.length - 3),
+];
 const PAGE_OUT_LENGTH = 2n;
 const UD_VECTOR = 6;
 const EFER_LMA = 1n << 10n;
@@ -165,10 +172,11 @@ export function raiseHypercallUd(
   // Linear address of the candidate OUT: no segment base in 64-bit mode, 32-bit wrap otherwise.
   const outRip = BigInt.asUintN(long ? 64 : 32, rip - PAGE_OUT_LENGTH);
   const linear = long ? outRip : BigInt.asUintN(32, s.cs.base + outRip);
-  const pageOut = (hypercallMsr & ~PAGE_MASK) + BigInt(PAGE_OUT_OFFSET);
+  const page = hypercallMsr & ~PAGE_MASK;
   let atPage = false;
   try {
-    atPage = rip >= PAGE_OUT_LENGTH && vcpu.translate(linear) === pageOut;
+    const gpa = rip >= PAGE_OUT_LENGTH ? vcpu.translate(linear) : undefined;
+    atPage = gpa !== undefined && PAGE_OUT_OFFSETS.some((o) => gpa === page + o);
   } catch {
     // A KVM that cannot translate still gets its #UD, past the instruction.
   }
