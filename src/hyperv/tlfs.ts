@@ -92,8 +92,11 @@ export const HYPERCALL_PAGE_CODE_LONG_MODE: readonly number[] = [
   0xc3,
 ];
 
-/** Offset of the doorbell `out dx, eax` in `HYPERCALL_PAGE_CODE_LONG_MODE`. */
-export const DOORBELL_OUT_OFFSET = 30;
+/** Offset of the doorbell `out dx, eax` (EF) in `HYPERCALL_PAGE_CODE_LONG_MODE`. */
+export const DOORBELL_OUT_OFFSET = HYPERCALL_PAGE_CODE_LONG_MODE.indexOf(0xef);
+/** Offset of the hypercall `out 0xE3, al` (E6 ib) in each page. */
+export const HYPERCALL_OUT_OFFSET = HYPERCALL_PAGE_CODE.indexOf(0xe6);
+export const HYPERCALL_OUT_OFFSET_LONG_MODE = HYPERCALL_PAGE_CODE_LONG_MODE.lastIndexOf(0xe6);
 
 function le32(v: number): number[] {
   return [0, 8, 16, 24].map((s) => (v >>> s) & 0xff);

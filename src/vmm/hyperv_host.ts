@@ -10,8 +10,8 @@ import { REG, type Vcpu, VCPU_MODE } from "../kvm/vcpu.ts";
 import { VCPU_REQUEST, type VcpuControl } from "../kvm/vcpu_control.ts";
 import {
   type GuestClock,
-  HYPERCALL_PAGE_CODE,
-  HYPERCALL_PAGE_CODE_LONG_MODE,
+  HYPERCALL_OUT_OFFSET,
+  HYPERCALL_OUT_OFFSET_LONG_MODE,
   type HypercallGpr,
   type HypercallRegs,
   type TlbFlusher,
@@ -70,6 +70,17 @@ export class VcpuTlbFlusher implements TlbFlusher {
   }
 }
 
+/** Whether a `Vcpu.exitMode()` value is 64-bit mode (EFER.LMA and CS.L). */
+function is64BitMode(mode: number): boolean {
+  const both = VCPU_MODE.LMA | VCPU_MODE.CS_L;
+  return (mode & both) === both;
+}
+
+/** Whether `vcpu` was in 64-bit mode at its current exit. */
+export function exitIn64BitMode(vcpu: Vcpu): boolean {
+  return is64BitMode(vcpu.exitMode());
+}
+
 /** Word index of each hypercall GPR's low half in `Vcpu.regWords`. */
 const GPR_WORD: Readonly<Record<HypercallGpr, number>> = {
   rax: REG.rax * 2,
@@ -102,8 +113,7 @@ export class VcpuHypercallRegs implements HypercallRegs {
   }
 
   is64Bit(): boolean {
-    const both = VCPU_MODE.LMA | VCPU_MODE.CS_L;
-    return (this.#mode & both) === both;
+    return is64BitMode(this.#mode);
   }
 
   protectedMode(): boolean {
@@ -133,14 +143,8 @@ export class VcpuHypercallRegs implements HypercallRegs {
   }
 }
 
-/**
- * Where the hypercall `out 0xE3, al` sits in either page (after `endbr64` in the plain one,
- * after the doorbell path in the long-mode one), and its length (E6 ib).
- */
-const PAGE_OUT_OFFSETS = [
-  BigInt(HYPERCALL_PAGE_CODE.indexOf(0xe6)),
-  BigInt(HYPERCALL_PAGE_CODE_LONG_MODE.length - 3),
-];
+/** Where the hypercall `out 0xE3, al` sits in either page, and its length (E6 ib). */
+const PAGE_OUT_OFFSETS = [BigInt(HYPERCALL_OUT_OFFSET), BigInt(HYPERCALL_OUT_OFFSET_LONG_MODE)];
 const PAGE_OUT_LENGTH = 2n;
 const UD_VECTOR = 6;
 const EFER_LMA = 1n << 10n;
@@ -196,9 +200,7 @@ export function raiseHypercallUd(
  * KVM_TRANSLATE: this runs only for doorbells no eventfd completed in the kernel.
  */
 export function isHypercallPageExit(vcpu: Vcpu, hypercallMsr: bigint): boolean {
-  if ((hypercallMsr & 1n) === 0n) return false;
-  const both = VCPU_MODE.LMA | VCPU_MODE.CS_L;
-  if ((vcpu.exitMode() & both) !== both) return false;
+  if ((hypercallMsr & 1n) === 0n || !exitIn64BitMode(vcpu)) return false;
   vcpu.loadRegs();
   const rip = vcpu.regs[REG.rip]!;
   try {

@@ -9,7 +9,7 @@ import { eventfdSignal, libc } from "../../ffi/libc.ts";
 import type { CpuidEntry } from "../kvm/kvm.ts";
 import { EXIT, ExitCounters } from "../kvm/exit_counters.ts";
 import { GuestMemory } from "../kvm/guest_memory.ts";
-import { REG, Vcpu, VCPU_MODE } from "../kvm/vcpu.ts";
+import { REG, Vcpu } from "../kvm/vcpu.ts";
 import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
 import { armKicks, EXIT_NAMES, KICK_SIGNAL, runVcpu, type VcpuStop } from "../kvm/vcpu_loop.ts";
 import { releaseRdtsc } from "../kvm/tsc.ts";
@@ -32,6 +32,7 @@ import {
   type VcpuTimers,
 } from "./enlightenments.ts";
 import {
+  exitIn64BitMode,
   isHypercallPageExit,
   raiseHypercallUd,
   VcpuHypercallRegs,
@@ -167,10 +168,7 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
         power,
         flusher: new VcpuTlbFlusher(init.index, controls, flushSelf),
         vp: init.index,
-        callerLongMode: () => {
-          const both = VCPU_MODE.LMA | VCPU_MODE.CS_L;
-          return (vcpu.exitMode() & both) === both;
-        },
+        callerLongMode: () => exitIn64BitMode(vcpu),
         onCrash: (report) => {
           Deno.stderr.writeSync(
             new TextEncoder().encode(`hyperdeno: guest crash: ${report.summary}\n`),

@@ -33,7 +33,10 @@ Deno.test("long-mode page: checks the fast HvSignalEvent control and the doorbel
   assertEquals(PAGE[26], 0x77, "ja (unsigned: ids below the range wrap above it)");
   assertEquals(jccTarget(26), plain);
   assertEquals([...PAGE.slice(28, 30)], [0x31, 0xc0], "xor eax, eax");
+  assertEquals(T.DOORBELL_OUT_OFFSET, 30);
   assertEquals(PAGE[T.DOORBELL_OUT_OFFSET], 0xef, "out dx, eax");
+  assertEquals(T.HYPERCALL_OUT_OFFSET_LONG_MODE, plain);
+  assertEquals(T.HYPERCALL_OUT_OFFSET, 4);
   assertEquals(PAGE[T.DOORBELL_OUT_OFFSET + 1], 0xc3, "ret");
   assertEquals([...PAGE.slice(plain)], [0xe6, T.HV_HYPERCALL_PORT, 0xc3], "the plain page's path");
 });
