@@ -17,6 +17,7 @@
 import { close, eventfd, eventfdDrain } from "../../ffi/libc.ts";
 import { HV_DOORBELL_FIRST, HV_DOORBELL_LAST } from "../hyperv/mod.ts";
 import type { Vm } from "../kvm/vm.ts";
+import { UsageError } from "../util/errors.ts";
 import { getLogger } from "../util/log.ts";
 import type { EventLoop } from "./event_loop.ts";
 
@@ -24,6 +25,20 @@ const log = getLogger("vmbus", "doorbells");
 
 /** Connection ids (from `HV_DOORBELL_FIRST`) bound to eventfds. */
 export const DOORBELL_EVENTFDS = 64;
+
+/**
+ * How many doorbell ids to bind: `HYPERDENO_DOORBELL_EVENTFDS` (0 to 2047) when set, for A/B
+ * measurements and to test the path that exits to the vCPU; else `DOORBELL_EVENTFDS`.
+ * Throws `UsageError` for any other value.
+ */
+export function doorbellEventfdsFromEnv(value: string | undefined): number {
+  if (value === undefined) return DOORBELL_EVENTFDS;
+  const max = HV_DOORBELL_LAST - HV_DOORBELL_FIRST + 1;
+  if (!/^\d+$/.test(value) || Number(value) > max) {
+    throw new UsageError(`HYPERDENO_DOORBELL_EVENTFDS='${value}': expected 0 to ${max}`);
+  }
+  return Number(value);
+}
 
 /** The bound doorbells of one VM. */
 export interface Doorbells {

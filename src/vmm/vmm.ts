@@ -15,7 +15,7 @@ import { hasFeature, type HvFeatures } from "../hyperv/mod.ts";
 import { setupEnlightenments, type SyndbgLink } from "./enlightenments.ts";
 import { type ControlTarget, serveControl } from "./control.ts";
 import { VmbusServer } from "../vmbus/mod.ts";
-import { bindDoorbells, type Doorbells } from "./doorbells.ts";
+import { bindDoorbells, doorbellEventfdsFromEnv, type Doorbells } from "./doorbells.ts";
 import { openDisk, ScsiController, ScsiDisk, StorvspDevice } from "../devices/storage/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
@@ -81,6 +81,7 @@ export async function runVm(config: VmConfig): Promise<number> {
   const kernel = readInput(config.kernelPath, "kernel");
   // A bad kernel file is the user's to fix on any host: say so before looking for KVM.
   parseBzImage(kernel, config.kernelPath);
+  const doorbellEventfds = doorbellEventfdsFromEnv(Deno.env.get("HYPERDENO_DOORBELL_EVENTFDS"));
   const initrd = config.initrdPath !== undefined
     ? readInput(config.initrdPath, "initrd")
     : undefined;
@@ -132,6 +133,7 @@ export async function runVm(config: VmConfig): Promise<number> {
         features,
         scsi,
         syndbg,
+        doorbellEventfds,
         console: consoleInput,
         publish: (t) => controlTarget = t ? { ...t, boots } : undefined,
       });
@@ -261,6 +263,8 @@ function enterRawMode(config: VmConfig): { restore(): void } | undefined {
 
 /** What stays the same across guest resets. */
 interface BootInputs {
+  /** Doorbell ids bound to eventfds (`doorbellEventfdsFromEnv`). */
+  doorbellEventfds: number;
   map: MemoryMap;
   kernel: Uint8Array;
   initrd: Uint8Array | undefined;
@@ -369,7 +373,12 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     if (hv && withVmbus) {
       const server = new VmbusServer(memory, hv.synic, { vpCount: config.cpus });
       vmbus = server;
-      const bells = bindDoorbells(vm, loop, (id) => server.onSignalEvent(id, 0));
+      const bells = bindDoorbells(
+        vm,
+        loop,
+        (id) => server.onSignalEvent(id, 0),
+        inputs.doorbellEventfds,
+      );
       doorbells = bells;
       cleanups.push(() => bells.close());
       hv.synic.onSlotFree(() => server.pump());

@@ -51,6 +51,8 @@ export interface GuestSpec extends Omit<InitramfsOptions, "markerPrefix"> {
   readonly verboseKernel?: boolean;
   /** Extra VMM flags (VMM-specific). */
   readonly vmmArgs?: readonly string[];
+  /** Extra environment of the VMM process (added to the test's own). */
+  readonly env?: Readonly<Record<string, string>>;
   /** A guest reset ends the VMM (`--no-reboot` / `-no-reboot`); default true, so a panicking
    * guest (`panic=-1` makes a panic a reset) fails fast instead of rebooting until the timeout.
    * Set false for tests that reboot on purpose. */
@@ -246,6 +248,7 @@ export async function bootGuest(spec: GuestSpec): Promise<GuestRun> {
   const child = new Deno.Command(argv[0]!, {
     args: argv.slice(1),
     cwd: REPO,
+    ...(spec.env ? { env: { ...spec.env } } : {}),
     stdin: spec.input || spec.onMark ? "piped" : "null",
     stdout: "piped",
     stderr: "piped",

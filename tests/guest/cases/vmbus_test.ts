@@ -56,17 +56,21 @@ guestTest("VMBus 5.3 with the four integration components; time sync fixes a clo
 });
 
 Deno.test({
-  name:
-    "control socket lists the four open IC channels; SIGTERM shuts the guest down via the shutdown IC",
+  name: "control socket lists the four open IC channels; SIGTERM shuts the guest down via the " +
+    "shutdown IC; with no doorbell eventfds, doorbells exit to the vCPU and still work",
   ignore: !guestEnvironment().ok,
   async fn() {
     const dir = await Deno.makeTempDir();
     const sock = `${dir}/control.sock`;
     let child: Deno.ChildProcess | undefined;
     let channels: { state: string; device: string }[] = [];
+    let status: Record<string, unknown> = {};
     const running = bootGuest({
       modules: ["hv_vmbus", "hv_utils"],
       vmmArgs: ["--control", sock],
+      // Every doorbell takes the path that exits to the vCPU thread (the other tests use
+      // eventfds): the ICs still open and the shutdown IC still answers through it.
+      env: { HYPERDENO_DOORBELL_EVENTFDS: "0" },
       // The body idles until the host's shutdown request powers the guest off.
       script: `echo ics-up; sleep 600`,
       // orderly_poweroff() runs /sbin/poweroff; the kit's init is a shell, so make it act.
@@ -84,6 +88,7 @@ Deno.test({
       channels = (r?.channels as typeof channels) ?? [];
       if (channels.filter((c) => c.state === "open").length === 4) break;
     }
+    status = await askControl(sock, { cmd: "status" }).catch(() => ({}));
     child?.kill("SIGTERM");
     const run = await running;
     const ctx = describeRun(run, 30);
@@ -92,6 +97,11 @@ Deno.test({
       4,
       JSON.stringify(channels) + ctx,
     );
+    const exits = Array.isArray(status.exits) ? status.exits : [];
+    const doorbellExits = exits.reduce((n: number, e) => n + (Number(e?.doorbell) || 0), 0);
+    assert.equal(status.doorbells, 0, `eventfd doorbells with none bound\n${ctx}`);
+    assert.ok(doorbellExits > 0, `no doorbell exited to a vCPU: ${JSON.stringify(status)}${ctx}`);
+    console.log(`doorbells that exited to the vCPU before SIGTERM: ${doorbellExits}`);
     assert.equal(run.code, 0, ctx);
     assert.match(run.stderr, /asking the guest to shut down/, ctx);
     assert.match(run.serial, /reboot: Power down|Power down/, ctx);

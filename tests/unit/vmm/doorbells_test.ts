@@ -2,7 +2,12 @@ import assert from "node:assert/strict";
 import { eventfdSignal } from "../../../ffi/libc.ts";
 import { HV_DOORBELL_FIRST } from "../../../src/hyperv/mod.ts";
 import type { Vm } from "../../../src/kvm/vm.ts";
-import { bindDoorbells } from "../../../src/vmm/doorbells.ts";
+import {
+  bindDoorbells,
+  DOORBELL_EVENTFDS,
+  doorbellEventfdsFromEnv,
+} from "../../../src/vmm/doorbells.ts";
+import { UsageError } from "../../../src/util/errors.ts";
 import { EventLoop } from "../../../src/vmm/event_loop.ts";
 
 /** A VM whose KVM_IOEVENTFD records its bindings and refuses after `accept` of them. */
@@ -62,4 +67,13 @@ Deno.test("doorbells: a KVM that refuses an ioeventfd leaves the rest to the vCP
   assert.equal(none.bound, 0);
   none.close();
   loop2.close();
+});
+
+Deno.test("doorbells: HYPERDENO_DOORBELL_EVENTFDS takes 0-2047, anything else is refused", () => {
+  assert.equal(doorbellEventfdsFromEnv(undefined), DOORBELL_EVENTFDS);
+  assert.equal(doorbellEventfdsFromEnv("0"), 0);
+  assert.equal(doorbellEventfdsFromEnv("2047"), 2047);
+  for (const bad of ["", "-1", "2048", "1e3", "0x10", " 4", "many"]) {
+    assert.throws(() => doorbellEventfdsFromEnv(bad), UsageError, `'${bad}'`);
+  }
 });
