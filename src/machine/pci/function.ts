@@ -339,7 +339,8 @@ export class PciFunction {
       let base: number | undefined;
       if (b.kind === "io") {
         base = cmd & PCI_COMMAND.IO ? this.dword(reg) & 0xfffc : undefined;
-        if (base !== undefined && (base === 0 || base + size > 0x1_0000)) base = undefined;
+        // As QEMU: the last block of a space is never decoded (a sized BAR reads all-ones).
+        if (base !== undefined && (base === 0 || base + size >= 0x1_0000)) base = undefined;
       } else {
         base = cmd & PCI_COMMAND.MEMORY ? (this.dword(reg) & 0xffff_fff0) >>> 0 : undefined;
         if (base !== undefined && b.kind === "mem64") {
@@ -347,7 +348,7 @@ export class PciFunction {
         }
         // Sizing leaves all-ones masks in the BAR: not a usable address.
         const limit = b.kind === "mem64" ? 2 ** 52 : 0x1_0000_0000;
-        if (base !== undefined && (base === 0 || base + size > limit)) base = undefined;
+        if (base !== undefined && (base === 0 || base + size >= limit)) base = undefined;
       }
       this.#place(i, b, base);
       if (b.kind === "mem64") i++;

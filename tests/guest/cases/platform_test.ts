@@ -4,7 +4,7 @@
  * PM timer is an available clocksource that keeps time when selected.
  */
 import assert from "node:assert/strict";
-import { describeRun, guestTest } from "../harness.ts";
+import { describeRun, type GuestRun, guestTest } from "../harness.ts";
 
 /** `bdf vendor device class` for every PCI function the guest enumerated, one per line. */
 const LIST_PCI = `
@@ -26,7 +26,7 @@ const PM_TIMER_SCRIPT = `
   hd_mark pm_ports "$(grep -i 'ACPI PM_TMR\\|0600-063f' /proc/ioports | tr -s ' ' | tr '\\n' ';')"
 `;
 
-function checkBoard(run: Parameters<Parameters<typeof guestTest>[2]>[0]): void {
+function checkBoard(run: GuestRun): void {
   const ctx = describeRun(run, 40);
   const pci = (run.marks.get("pci") ?? "").split(";").filter((l) => l.trim());
   const has = (bdf: string, vendor: string, device: string, cls: string) =>
