@@ -18,9 +18,9 @@ const PM_TIMER_SCRIPT = `
   hd_mark available "$(cat /sys/devices/system/clocksource/clocksource0/available_clocksource)"
   echo acpi_pm > /sys/devices/system/clocksource/clocksource0/current_clocksource
   hd_mark current "$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
-  hd_mark t0 "$(date +%s.%N)"
+  hd_mark t0 "$(cut -d" " -f1 /proc/uptime)"
   sleep 6
-  hd_mark t1 "$(date +%s.%N)"
+  hd_mark t1 "$(cut -d" " -f1 /proc/uptime)"
   hd_mark pci "$(${LIST_PCI})"
   hd_mark pci_root "$(ls /sys/bus/acpi/devices | grep -c PNP0A03)"
   hd_mark pm_ports "$(grep -i 'ACPI PM_TMR\\|0600-063f' /proc/ioports | tr -s ' ' | tr '\\n' ';')"
