@@ -255,6 +255,9 @@ export class Vm {
   }
 }
 
+/** KVM_CAP_READONLY_MEM (linux/kvm.h): KVM_MEM_READONLY slots are supported. */
+export const KVM_CAP_READONLY_MEM = 81;
+
 /** Slots from `addSlot` start here (RAM regions take the first ones). */
 const MEMSLOT_BASE = 32;
 
