@@ -18,7 +18,7 @@ import type { BootCpuState } from "../machine/page_tables.ts";
 import { SharedPowerControl } from "../machine/power.ts";
 import { getLogger, rateLimited } from "../util/log.ts";
 import { configureLogging } from "./logging.ts";
-import { attachPcDevices, type PcDeviceState } from "./pc_devices.ts";
+import { attachPcDevices, framebufferMover, type PcDeviceState } from "./pc_devices.ts";
 import { HV_DOORBELL_FIRST, type HyperV } from "../hyperv/mod.ts";
 import {
   attachEnlightenments,
@@ -148,6 +148,9 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
       serialOutput: serialFd >= 0 ? (bytes) => writeAll(serialFd, bytes) : () => {},
       nowNs: () => clockNs(),
       msi: interrupts,
+      ...(init.devices.display
+        ? { moveFramebuffer: framebufferMover(init.vmFd, init.devices.display) }
+        : {}),
     });
     const unhandled = rateLimited();
     const flushSelf = () => vcpu.flushTlb();

@@ -37,7 +37,8 @@ import { UsageError } from "../util/errors.ts";
 import { getLogger } from "../util/log.ts";
 import { hvFeaturesOf, type SyndbgSpec, type VmConfig } from "./config.ts";
 import { EventLoop } from "./event_loop.ts";
-import { attachPcDevices, createPcDeviceState } from "./pc_devices.ts";
+import { attachPcDevices, createPcDeviceState, framebufferMover, pciStatus } from "./pc_devices.ts";
+import { createFramebuffer, screendumper } from "./display.ts";
 import type { VcpuThreadInit, VcpuThreadResult } from "./vcpu_thread.ts";
 import { installAcpi } from "./acpi.ts";
 import { openDebugSocket } from "./syndbg_udp.ts";
@@ -322,10 +323,21 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     cleanups.push(() => vcpuFds.forEach(close));
 
     // 3. Devices.
+    const display = config.display.kind === "bochs" ? createFramebuffer() : undefined;
+    if (display) cleanups.push(() => display.close());
     const deviceState = {
       ...createPcDeviceState({
         ramBelow4G: map.lowRamEnd,
         ramAbove4G: map.ramBytes - map.lowRamEnd,
+        ...(display && config.display.kind === "bochs"
+          ? {
+            display: {
+              vramBytes: display.bytes.length,
+              vramAddress: display.address,
+              mode: { width: config.display.width, height: config.display.height },
+            },
+          }
+          : {}),
       }),
       rtc: inputs.cmos,
     };
@@ -338,6 +350,9 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       serialOutput: () => {},
       nowNs: () => clockNs(),
       msi: vm.interrupts,
+      ...(deviceState.display
+        ? { moveFramebuffer: framebufferMover(vm.fd, deviceState.display) }
+        : {}),
     });
 
     // 4. Kernel, boot tables, ACPI.
@@ -420,6 +435,10 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       scsi: inputs.scsi?.controller,
       exits: () => exitCounters.map((sab) => new ExitCounters(sab).snapshot()),
       ...(doorbells ? { doorbells: () => doorbells?.count ?? 0 } : {}),
+      pci: () => pciStatus(deviceState, mainDevices.pci),
+      ...(display && mainDevices.display
+        ? { screendump: screendumper(mainDevices.display, display.bytes) }
+        : {}),
     });
     cleanups.push(() => inputs.publish(undefined));
 
