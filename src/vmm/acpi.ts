@@ -7,6 +7,7 @@ import { buildAcpiTables } from "../machine/acpi/mod.ts";
 import { PCI_IO_WINDOWS } from "../machine/layout.ts";
 import type { MemoryMap } from "../machine/memory_map.ts";
 import { PIRQ_GSI_BASE } from "../machine/pci/piix.ts";
+import { vmbusAcpiNode } from "../vmbus/acpi.ts";
 
 /** Writes the ACPI tables into `memory`; returns the RSDP's guest address. */
 export function installAcpi(
@@ -15,7 +16,7 @@ export function installAcpi(
 ): number {
   const tables = buildAcpiTables({
     cpus: options.cpus,
-    vmbusMmio: options.vmbus ? options.map.vmbusMmio : undefined,
+    devices: options.vmbus ? [vmbusAcpiNode(options.map.vmbusMmio)] : [],
     pmTimer: true,
     pci: {
       ioWindows: PCI_IO_WINDOWS,

@@ -18,6 +18,7 @@ import type { BootCpuState } from "../machine/page_tables.ts";
 import { SharedPowerControl } from "../machine/power.ts";
 import { getLogger, rateLimited } from "../util/log.ts";
 import { configureLogging } from "./logging.ts";
+import { vmbusOwnsConnection } from "../vmbus/mod.ts";
 import { attachPcDevices, framebufferMover, type PcDeviceState } from "./pc_devices.ts";
 import { HV_DOORBELL_FIRST, type HyperV } from "../hyperv/mod.ts";
 import {
@@ -25,7 +26,7 @@ import {
   attachVcpuTimers,
   type HvThreadInit,
   type VcpuTimers,
-} from "./enlightenments.ts";
+} from "../hyperv/host/enlightenments.ts";
 import {
   exitIn64BitMode,
   HV_DOORBELL_DEVICE,
@@ -34,7 +35,7 @@ import {
   raiseHypercallUd,
   VcpuHypercallRegs,
   VcpuTlbFlusher,
-} from "./hyperv_host.ts";
+} from "../hyperv/host/hyperv_host.ts";
 
 /** Everything a vCPU thread gets at start (structured-cloneable). */
 export interface VcpuThreadInit {
@@ -170,6 +171,7 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
         flusher: new VcpuTlbFlusher(init.index, controls, flushSelf),
         vp: init.index,
         callerLongMode: () => exitIn64BitMode(vcpu),
+        ownsConnection: vmbusOwnsConnection,
         onCrash: (report) => {
           Deno.stderr.writeSync(
             new TextEncoder().encode(`hyperdeno: guest crash: ${report.summary}\n`),
