@@ -21,7 +21,8 @@ const DRAW = `
   head -c $((stride * 100)) /dev/zero | tr '\\000' '\\377' > /tmp/white
   head -c $((stride * 100)) /dev/zero | tr '\\000' '\\100' > /tmp/grey
   printf '\\000\\000\\377\\000' > /tmp/red
-  i=0; while [ $i -lt 12 ]; do cat /tmp/red /tmp/red > /tmp/r2; mv /tmp/r2 /tmp/red; i=$((i + 1)); done
+  # 2^17 pixels (512 KiB): more than 100 rows of any stride up to 1280 pixels.
+  i=0; while [ $i -lt 17 ]; do cat /tmp/red /tmp/red > /tmp/r2; mv /tmp/r2 /tmp/red; i=$((i + 1)); done
   head -c $((stride * 100)) /tmp/red > /tmp/redband
   cat /tmp/white /tmp/grey /tmp/redband | dd of=/dev/fb0 bs=$stride conv=notrunc 2>/dev/null
   sleep 1
@@ -71,6 +72,9 @@ Deno.test({
     assert.equal(run.marks.get("reply"), "dumped", ctx);
     assert.deepEqual(dump, { ok: true, width: WIDTH, height: HEIGHT }, ctx);
 
+    // HYPERDENO_SCREENDUMP_DIR (a `--results` share of the test machine): keep the PNG to look at.
+    const keep = Deno.env.get("HYPERDENO_SCREENDUMP_DIR");
+    if (keep) await Deno.copyFile(png, `${keep}/bochs-screendump.png`);
     const img = decodePng(await Deno.readFile(png));
     assert.equal(img.width, WIDTH);
     assert.equal(img.height, HEIGHT);
@@ -91,9 +95,6 @@ Deno.test({
     const display = devices.find((d) => d.bdf === "00:02.0");
     assert.equal(display?.name, "bochs-display", JSON.stringify(pci));
     assert.ok(display.bars.every((b) => b.base !== null), JSON.stringify(display));
-    // HYPERDENO_SCREENDUMP_DIR (a `--results` share of the test machine): keep the PNG to look at.
-    const keep = Deno.env.get("HYPERDENO_SCREENDUMP_DIR");
-    if (keep) await Deno.copyFile(png, `${keep}/bochs-screendump.png`);
     console.log(`screendump ${WIDTH}x${HEIGHT}; pci: ${JSON.stringify(display.bars)}`);
     await Deno.remove(dir, { recursive: true });
   },
