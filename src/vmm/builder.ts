@@ -54,6 +54,7 @@ import { createFramebuffer, type Framebuffer, screendumper } from "./display.ts"
 import { installAcpi } from "./acpi.ts";
 import { type ConsoleInput, watchSignals } from "./session.ts";
 import { startVcpuThreads, vcpuFailure } from "./vcpu_threads.ts";
+import { createRequestSlot, RequestSlotServer } from "../machine/main_thread_slot.ts";
 
 const log = getLogger("machine");
 
@@ -141,6 +142,8 @@ function createBoard(
   power: SharedPowerControl,
   t: Teardown,
 ): { state: PcDeviceState; main: PcDevices; framebuffer: Framebuffer | undefined } {
+  const wakeFd = eventfd();
+  t.add(() => close(wakeFd));
   const { map } = inputs;
   let framebuffer: Framebuffer | undefined;
   let display;
@@ -161,6 +164,10 @@ function createBoard(
       ...(display ? { display } : {}),
     }),
     rtc: inputs.cmos,
+    requests: {
+      slots: Array.from({ length: config.cpus }, () => createRequestSlot()),
+      wakeFd,
+    },
   };
   const main = attachPcDevices(state, {
     irq: (gsi) => vm.interrupts.irqLine(gsi),
@@ -349,7 +356,8 @@ export async function bootOnce(
         : {}),
     });
     t.add(() => inputs.publish(undefined));
-    // 8. Start the vCPUs and wait for the guest.
+    // 8. Start the vCPUs and wait for the guest. Main-thread devices answer through the loop.
+    const requests = serveMainThreadDevices(board, loop, t);
     const threads = startVcpuThreads({
       vm,
       vcpus,
@@ -394,6 +402,8 @@ export async function bootOnce(
     });
     await loop.run();
     outcome ??= { kind: "failed", message: "event loop ended without a cause" };
+    // A vCPU waiting on a main-thread device cannot see a stop request: answer it (all-ones).
+    requests.close();
     if (!await threads.stop(5000)) {
       log.warning("a vCPU thread did not stop within 5 s; terminating it");
     }
@@ -401,6 +411,27 @@ export async function bootOnce(
   } finally {
     await t.run();
   }
+}
+
+/**
+ * The request slots of main-thread devices: one per vCPU, served on the event loop whenever a
+ * vCPU thread posts an access (its eventfd). `close()` releases any vCPU still waiting.
+ */
+function serveMainThreadDevices(
+  board: { state: PcDeviceState; main: PcDevices },
+  loop: EventLoop,
+  t: Teardown,
+): { close(): void } {
+  const slots = board.state.requests?.slots ?? [];
+  const wakeFd = board.state.requests?.wakeFd;
+  if (wakeFd === undefined) return { close() {} };
+  const server = new RequestSlotServer(slots, board.main.mainThread);
+  loop.add(wakeFd, () => {
+    eventfdDrain(wakeFd);
+    server.serve();
+  });
+  t.add(() => server.close());
+  return server;
 }
 
 /**

@@ -37,6 +37,8 @@ import { BochsDisplay } from "../devices/display/bochs.ts";
 import { setUserMemoryRegion } from "../kvm/vm.ts";
 import type { PciDeviceStatus } from "./control.ts";
 import { getLogger, rateLimited } from "../util/log.ts";
+import { eventfdSignal } from "../../ffi/libc.ts";
+import { type MainThreadDevice, RequestSlotClient } from "../machine/main_thread_slot.ts";
 
 const log = getLogger("machine", "display");
 import { BOCHS_PCI, MMIO } from "../devices/display/protocol.ts";
@@ -98,6 +100,11 @@ export interface PcDeviceState {
   pmRange: number;
   /** The bochs-display at 00:02.0, with `--display bochs`. */
   display?: DisplayState;
+  /**
+   * Request slots for main-thread devices, one per vCPU, and the eventfd that wakes the main
+   * thread (set by the builder once the vCPU count and the event loop exist).
+   */
+  requests?: { slots: SharedArrayBuffer[]; wakeFd: number };
 }
 
 /** The display's shared state and its framebuffer (host memory the VMM owns). */
@@ -270,6 +277,11 @@ export interface PcDeviceDeps {
   msi?: MsiSink;
   /** Maps the display's framebuffer (its memory slot) at `gpa`, or unmaps it. */
   moveFramebuffer?: (gpa: number | undefined) => void;
+  /**
+   * The vCPU this thread runs (absent on the main thread): its accesses to main-thread devices
+   * go through its request slot.
+   */
+  vcpu?: number;
 }
 
 /** This thread's devices and the dispatcher that routes exits to them. */
@@ -285,6 +297,8 @@ export interface PcDevices {
   pci: Map<number, PciFunction>;
   /** The display's registers (with `--display bochs`). */
   display: BochsDisplay | undefined;
+  /** Main thread: the handlers of main-thread devices by id (answering request slots). */
+  mainThread: (MainThreadDevice | undefined)[];
 }
 
 /** Builds this thread's device objects over `state` and a dispatcher over its registry. */
@@ -346,6 +360,15 @@ export function attachPcDevices(state: PcDeviceState, deps: PcDeviceDeps): PcDev
     });
     pci.set(s.devfn, fn);
   });
+  // Main-thread devices: a vCPU thread forwards to them through its request slot.
+  const mainThread: (MainThreadDevice | undefined)[] = [];
+  if (deps.vcpu !== undefined && state.requests) {
+    const { slots, wakeFd } = state.requests;
+    const client = new RequestSlotClient(slots[deps.vcpu]!, () => eventfdSignal(wakeFd));
+    registry.devices.forEach((d, id) => {
+      if (d.thread === "main") handlers[id] = client.proxy(id);
+    });
+  }
   const reset = new ResetPort(state.reset, { power: deps.power });
   set("pci-config", new PciHost(state.pci, { resetControl: reset, functions: pci }));
   return {
@@ -357,5 +380,6 @@ export function attachPcDevices(state: PcDeviceState, deps: PcDeviceDeps): PcDev
     pmTimer,
     pci,
     display,
+    mainThread,
   };
 }

@@ -149,6 +149,7 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
       serialOutput: serialFd >= 0 ? (bytes) => writeAll(serialFd, bytes) : () => {},
       nowNs: () => clockNs(),
       msi: interrupts,
+      vcpu: init.index,
       ...(init.devices.display
         ? { moveFramebuffer: framebufferMover(init.vmFd, init.devices.display) }
         : {}),
