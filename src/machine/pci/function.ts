@@ -15,6 +15,7 @@ import { lockAcquire, lockRelease } from "../../util/shared_lock.ts";
 import { getLogger, rateLimited } from "../../util/log.ts";
 import type { IrqLine, MsiSink } from "../irq.ts";
 import { type DeviceRegistry, RegistryConflictError } from "../registry.ts";
+import { type MsixSpec, MsixTable } from "./msix.ts";
 
 /** Config-space register offsets (type-0 header). */
 export const PCI_REG = {
@@ -77,6 +78,8 @@ export interface PciFunctionSpec {
   readonly interruptPin?: number;
   /** An MSI capability with this many vectors (1, 2, 4, ... 32). */
   readonly msiVectors?: number;
+  /** An MSI-X capability whose table and PBA sit in one of the memory BARs. */
+  readonly msix?: MsixSpec;
   /** Extra device-specific registers: byte offset → guest-writable bit mask. */
   readonly writable?: Readonly<Record<number, number>>;
   /** Reset values of device-specific registers (byte offset → value). */
@@ -107,6 +110,9 @@ const W_BAR_MAPPED_HI = 8; // 6 words: mapped base hi
 const WORD_COUNT = 14;
 
 const MSI_CAP = 0x50;
+const MSIX_CAP = 0x60;
+/** Where the MSI-X state starts in the function's shared state. */
+const MSIX_STATE = WORDS + WORD_COUNT * 4;
 const MSI_ADDR_WINDOW = 0xfee0_0000;
 
 const log = getLogger("machine", "pci");
@@ -131,7 +137,8 @@ export class PciFunction {
 
   /** Creates the shared state: the header at reset, masks from the spec. */
   static createState(spec: PciFunctionSpec): SharedArrayBuffer {
-    const sab = new SharedArrayBuffer(WORDS + WORD_COUNT * 4);
+    const msixBytes = spec.msix ? MsixTable.stateBytes(spec.msix) : 0;
+    const sab = new SharedArrayBuffer(MSIX_STATE + msixBytes);
     const cfg = new DataView(sab, 0, PCI_CONFIG_SIZE);
     const mask = new Uint8Array(sab, MASK, PCI_CONFIG_SIZE);
     const w1c = new Uint8Array(sab, W1C, PCI_CONFIG_SIZE);
@@ -191,6 +198,23 @@ export class PciFunction {
       mask[MSI_CAP + 12] = 0xff;
       mask[MSI_CAP + 13] = 0xff;
     }
+    if (spec.msix) {
+      const m = spec.msix;
+      const bar = bars[m.bar];
+      if (!bar || bar.kind === "io" || m.tableOffset & 7 || m.pbaOffset & 7) {
+        throw new RangeError("MSI-X table and PBA need a memory BAR and 8-aligned offsets.");
+      }
+      // Chain after MSI when there is one.
+      if (spec.msiVectors) cfg.setUint8(MSI_CAP + 1, MSIX_CAP);
+      else cfg.setUint8(PCI_REG.CAP_PTR, MSIX_CAP);
+      cfg.setUint16(PCI_REG.STATUS, PCI_STATUS.CAP_LIST, true);
+      cfg.setUint8(MSIX_CAP, PCI_CAP.MSIX);
+      cfg.setUint16(MSIX_CAP + 2, m.vectors - 1, true);
+      mask[MSIX_CAP + 3] = 0xc0; // enable, function mask
+      cfg.setUint32(MSIX_CAP + 4, m.tableOffset | m.bar, true);
+      cfg.setUint32(MSIX_CAP + 8, m.pbaOffset | m.bar, true);
+      MsixTable.initState(sab, MSIX_STATE, m);
+    }
     for (const [reg, bits] of Object.entries(spec.writable ?? {})) {
       const r = Number(reg);
       if (r >= 0x40 && r < PCI_CONFIG_SIZE) mask[r] = bits & 0xff;
@@ -213,7 +237,11 @@ export class PciFunction {
     this.#w1c = new Uint8Array(state, W1C, PCI_CONFIG_SIZE);
     this.#w = new Int32Array(state, WORDS, WORD_COUNT);
     this.#wiring = wiring;
+    this.msix = spec.msix ? new MsixTable(state, spec.msix, wiring.msi, MSIX_STATE) : undefined;
   }
+
+  /** The MSI-X table and PBA (the device's BAR handler routes their offsets here). */
+  readonly msix: MsixTable | undefined;
 
   /** Guest read of `data.length` bytes at config offset `reg` (within one dword). */
   configRead(reg: number, data: Uint8Array): void {
@@ -242,6 +270,9 @@ export class PciFunction {
       const end = reg + data.length;
       if (reg < 0x28 && end > PCI_REG.COMMAND) this.#updateBars();
       if (reg <= PCI_REG.COMMAND + 1 && end > PCI_REG.COMMAND + 1) this.#updateIntx();
+      if (this.msix && reg < MSIX_CAP + 4 && end > MSIX_CAP + 2) {
+        this.msix.setControl(this.#view.getUint16(MSIX_CAP + 2, true));
+      }
       this.#wiring.onConfigWrite?.(this, reg, data.length);
     } finally {
       lockRelease(this.#w, W_LOCK);
@@ -295,11 +326,16 @@ export class PciFunction {
   }
 
   /**
-   * Signals message `vector` through MSI when the guest enabled it (and bus mastering); returns
-   * false when MSI is off (the caller falls back to INTx). An address outside the APIC window is
+   * Signals message `vector` through MSI-X or MSI, whichever the guest enabled (bus mastering
+   * on; a masked MSI-X vector stays pending); returns false when both are off (the caller falls
+   * back to INTx). An address outside the APIC window is
    * a write to nowhere: dropped, logged.
    */
   signalMsi(vector = 0): boolean {
+    if (this.msix?.enabled) {
+      if (!(this.command & PCI_COMMAND.MASTER)) return true; // no bus master: message lost
+      return this.msix.signal(vector);
+    }
     if (!this.msiEnabled) return false;
     if (!(this.command & PCI_COMMAND.MASTER)) return true; // no bus master: message lost
     const ctl = this.#view.getUint16(MSI_CAP + 2, true);

@@ -2,7 +2,7 @@
  * Interrupt delivery through KVM's in-kernel irqchip, driven by a real-mode guest that programs
  * the IOAPIC and enables its LAPIC (segment bases set to the APIC windows): KVM_SIGNAL_MSI, an
  * irqfd bound to an MSI route from `GsiRouting`, a PCI function's INTx through the board's PIRQ
- * swizzle to IOAPIC GSI 17, and a PCI function's MSI capability. Each interrupt runs a handler
+ * swizzle to IOAPIC GSI 17, and a PCI function's MSI and MSI-X capabilities. Each interrupt runs a handler
  * that reports its vector on port 0xE0.
  */
 import assert from "node:assert/strict";
@@ -27,7 +27,7 @@ try {
 
 const IOAPIC = 0xfec0_0000;
 const LAPIC = 0xfee0_0000;
-const VECTORS = { signalMsi: 0x40, irqfd: 0x50, intx: 0x60, pciMsi: 0x70 } as const;
+const VECTORS = { signalMsi: 0x40, irqfd: 0x50, intx: 0x60, pciMsi: 0x70, msix: 0x80 } as const;
 
 /** mov dword seg:[disp16], imm32 (real mode, 32-bit operand). */
 function movSeg(seg: number, disp: number, imm: number): number[] {
@@ -68,7 +68,7 @@ function guestCode(): { code: number[]; handlers: Map<number, number[]> } {
 }
 
 Deno.test({
-  name: "interrupts: KVM_SIGNAL_MSI, irqfd on an MSI route, INTx via PIRQ to the IOAPIC, PCI MSI",
+  name: "interrupts: SIGNAL_MSI, irqfd on an MSI route, INTx via PIRQ to the IOAPIC, MSI, MSI-X",
   ignore: !usable,
   fn() {
     const kvm = Kvm.open();
@@ -110,10 +110,19 @@ Deno.test({
       msi: vm.interrupts,
     });
     const pm = board.pci.get(PIIX4_PM_DEVFN)!;
-    // A function with an MSI capability, its sink the VM.
-    const spec = { vendor: 0x1234, device: 0x5678, classCode: 0xff0000, msiVectors: 1 };
+    // A function with MSI and MSI-X capabilities (the table in BAR0), its sink the VM.
+    const spec = {
+      vendor: 0x1234,
+      device: 0x5678,
+      classCode: 0xff0000,
+      msiVectors: 1,
+      bars: [{ kind: "mem32" as const, size: 0x1000, handle: -1 }],
+      msix: { vectors: 2, bar: 0, tableOffset: 0, pbaOffset: 0x800 },
+    };
+    const registry = DeviceRegistry.create();
+    spec.bars[0]!.handle = registry.add("mmio", undefined, 0x1000, registry.addDevice("bar0"));
     const msiFn = new PciFunction(PciFunction.createState(spec), spec, {
-      registry: DeviceRegistry.create(),
+      registry,
       msi: vm.interrupts,
     });
     const cfg = (reg: number, value: number, size = 4) => {
@@ -150,6 +159,16 @@ Deno.test({
             pm.setIntx(false);
             if (!msiFn.signalMsi(0)) failure = "MSI not enabled on the test function";
           } else if (v === VECTORS.pciMsi) {
+            // MSI-X vector 1: program and unmask the entry (BAR writes), enable MSI-X.
+            const entry = new Uint8Array(16);
+            const dv = new DataView(entry.buffer);
+            dv.setUint32(0, LAPIC, true);
+            dv.setUint32(8, VECTORS.msix, true);
+            msiFn.msix!.write(16, entry.subarray(0, 8));
+            msiFn.msix!.write(24, entry.subarray(8, 16));
+            cfg(0x62, 0x8000, 2);
+            if (!msiFn.signalMsi(1)) failure = "MSI-X not enabled on the test function";
+          } else if (v === VECTORS.msix) {
             vcpu.setImmediateExit(true);
           }
         } else if (port === 0xe2 && ++polls > 2_000_000) {
@@ -169,7 +188,13 @@ Deno.test({
     kvm.close();
     assert.equal(failure, "");
     assert.equal(stop.kind, "stopped");
-    assert.deepEqual(seen, [VECTORS.signalMsi, VECTORS.irqfd, VECTORS.intx, VECTORS.pciMsi]);
+    assert.deepEqual(seen, [
+      VECTORS.signalMsi,
+      VECTORS.irqfd,
+      VECTORS.intx,
+      VECTORS.pciMsi,
+      VECTORS.msix,
+    ]);
     assert.ok(msiGsi >= 24, `MSI GSI ${msiGsi}`);
     console.log(`delivered ${seen.map((v) => v.toString(16))} after ${polls} polls`);
   },

@@ -177,7 +177,7 @@ Deno.test("pci: INTx follows the device's level, the INTx-disable bit and sets i
 
 Deno.test("pci fuzz: config accesses of every width and offset never throw; BARs stay sane", () => {
   const rng = prng(0xbadc0de);
-  const m = machine();
+  const m = machine({ msix: { vectors: 8, bar: 1, tableOffset: 0, pbaOffset: 0x800 } });
   const before = m.read(0x00);
   const widths = [1, 2, 4];
   for (let step = 0; step < 20000; step++) {
@@ -192,6 +192,12 @@ Deno.test("pci fuzz: config accesses of every width and offset never throw; BARs
       m.write(reg, size, v);
     } else m.read(reg, size);
     if (rng.chance(0.01)) m.fn.signalMsi(rng.int(32));
+    if (rng.chance(0.05)) {
+      const b = new Uint8Array([1, 2, 4, 8][rng.int(4)]!).map(() => rng.int(256));
+      const off = rng.int(0x900);
+      if (rng.chance(0.5)) m.fn.msix!.write(off, b);
+      else m.fn.msix!.read(off, b);
+    }
     if (rng.chance(0.01)) m.fn.setIntx(rng.chance(0.5));
   }
   strictEqual(m.read(0x00), before, "IDs are read-only");
@@ -214,4 +220,55 @@ Deno.test("pci-host: word at 0xCFF and dword at 0xCFE are cut at the dword end",
   deepStrictEqual([...b.subarray(0, 2)], [0x11, 0xff]);
   host.read(6, b.subarray(0, 4));
   deepStrictEqual([...b.subarray(0, 4)], [0x11, 0x11, 0xff, 0xff]);
+});
+
+Deno.test("pci: MSI-X capability after MSI; masked vectors pend in the PBA and fire on unmask", () => {
+  const m = machine({ msix: { vectors: 4, bar: 1, tableOffset: 0, pbaOffset: 0x800 } });
+  const t = m.fn.msix!;
+  strictEqual(m.read(0x50) >>> 8 & 0xff, 0x60, "MSI's next is MSI-X");
+  strictEqual(m.read(0x60) & 0xff, PCI_CAP.MSIX);
+  strictEqual(m.read(0x60) >>> 16, 3, "table size - 1");
+  strictEqual(m.read(0x64), 0x0000_0001, "table at BAR1 + 0");
+  strictEqual(m.read(0x68), 0x0000_0801, "PBA at BAR1 + 0x800");
+  const dword = (off: number, v?: number) => {
+    const b = new Uint8Array(4);
+    if (v === undefined) {
+      t.read(off, b);
+      return new DataView(b.buffer).getUint32(0, true);
+    }
+    new DataView(b.buffer).setUint32(0, v, true);
+    t.write(off, b);
+    return 0;
+  };
+  strictEqual(dword(16 + 12), 1, "entries masked at reset");
+  dword(16, 0xfee0_0000);
+  dword(16 + 4, 0);
+  dword(16 + 8, 0x4031);
+  ok(!m.fn.signalMsi(1), "MSI-X off: INTx");
+  m.write(0x04, 2, 0x0004); // bus master
+  m.write(0x62, 2, 0x8000); // enable
+  ok(t.enabled);
+  ok(m.fn.signalMsi(1));
+  deepStrictEqual(m.msis, [], "masked: nothing sent");
+  strictEqual(dword(0x800), 0b10, "pending bit 1");
+  dword(16 + 12, 0); // unmask entry 1
+  deepStrictEqual(m.msis, [[0xfee0_0000, 0x4031]]);
+  strictEqual(dword(0x800), 0);
+  m.write(0x62, 2, 0xc000); // function mask
+  m.fn.signalMsi(1);
+  strictEqual(m.msis.length, 1);
+  m.write(0x62, 2, 0x8000);
+  strictEqual(m.msis.length, 2, "function unmask fires the pending vector");
+  // Byte accesses are not allowed on the table: dropped, read 0.
+  t.write(16 + 8, Uint8Array.of(0x99));
+  strictEqual(dword(16 + 8), 0x4031);
+  const b = new Uint8Array(1);
+  t.read(16, b);
+  strictEqual(b[0], 0);
+  // An entry outside the APIC window goes nowhere.
+  dword(32, 0xfed0_0000);
+  dword(32 + 12, 0);
+  m.fn.signalMsi(2);
+  strictEqual(m.msis.length, 2);
+  ok(t.claims(0x10) && t.claims(0x800) && !t.claims(0x400));
 });
