@@ -222,15 +222,31 @@ export class Vm {
     this.#ioctlBuf("KVM_IRQFD", KVM_IOCTL.KVM_IRQFD, buf);
   }
 
-  /** KVM_IOEVENTFD: a guest write to `addr` (PIO when `pio`) signals `eventfd` without an exit. */
-  ioeventfd(eventfd: number, addr: number, length: number, pio: boolean): void {
+  /**
+   * KVM_IOEVENTFD: a guest write of `length` bytes to `addr` (PIO when `pio`) signals `eventfd`
+   * without an exit; with `datamatch`, only a write of exactly that value does (others exit as
+   * usual). `deassign` removes a binding made with the same arguments.
+   */
+  ioeventfd(
+    eventfd: number,
+    addr: number,
+    length: number,
+    pio: boolean,
+    options: { datamatch?: bigint; deassign?: boolean } = {},
+  ): void {
     const S = KVM_STRUCT.kvm_ioeventfd;
     const buf = new Uint8Array(S.size);
     const dv = new DataView(buf.buffer);
     dv.setBigUint64(S.addr, BigInt(addr), true);
     dv.setUint32(S.len, length, true);
     dv.setInt32(S.fd, eventfd, true);
-    dv.setUint32(S.flags, pio ? KVM.KVM_IOEVENTFD_FLAG_PIO : 0, true);
+    let flags = pio ? KVM.KVM_IOEVENTFD_FLAG_PIO : 0;
+    if (options.datamatch !== undefined) {
+      flags |= KVM.KVM_IOEVENTFD_FLAG_DATAMATCH;
+      dv.setBigUint64(S.datamatch, options.datamatch, true);
+    }
+    if (options.deassign) flags |= KVM.KVM_IOEVENTFD_FLAG_DEASSIGN;
+    dv.setUint32(S.flags, flags, true);
     this.#ioctlBuf("KVM_IOEVENTFD", KVM_IOCTL.KVM_IOEVENTFD, buf);
   }
 
