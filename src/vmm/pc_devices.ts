@@ -329,10 +329,7 @@ export function attachPcDevices(state: PcDeviceState, deps: PcDeviceDeps): PcDev
   let display: BochsDisplay | undefined;
   if (state.display) {
     const d = state.display;
-    const vram = new Uint8Array(
-      Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(d.vramAddress)!, d.vramBytes),
-    );
-    display = new BochsDisplay(d.state, { vramBytes: d.vramBytes, vram });
+    display = new BochsDisplay(d.state, { vramBytes: d.vramBytes });
     set("bochs-mmio", display.mmio);
   }
   const pirq = new PirqLines(state.pirq, [0, 1, 2, 3].map((n) => deps.irq(PIRQ_GSI_BASE + n)));

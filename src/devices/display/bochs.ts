@@ -56,7 +56,6 @@ export class BochsDisplay {
   readonly #w: Int32Array;
   readonly #edid: Uint8Array;
   readonly #vramBytes: number;
-  readonly #vram: Uint8Array | undefined;
   /** BAR2's device (EDID, VGA ports, DISPI, QEMU extension registers). */
   readonly mmio: BusDevice;
 
@@ -71,15 +70,11 @@ export class BochsDisplay {
     return sab;
   }
 
-  /**
-   * This thread's view. `vram` (the framebuffer's host memory, when this thread maps it) is
-   * cleared on a mode set without NOCLEARMEM, as the hardware does.
-   */
-  constructor(state: SharedArrayBuffer, options: { vramBytes: number; vram?: Uint8Array }) {
+  /** This thread's view; `vramBytes` bounds every mode the guest sets. */
+  constructor(state: SharedArrayBuffer, options: { vramBytes: number }) {
     this.#w = new Int32Array(state, 0, WORDS);
     this.#edid = new Uint8Array(state, EDID_BYTE, 128);
     this.#vramBytes = options.vramBytes;
-    this.#vram = options.vram;
     this.mmio = {
       read: (offset, data) => this.#read(offset, data),
       write: (offset, data) => this.#write(offset, data),
@@ -145,7 +140,6 @@ export class BochsDisplay {
 
   #write(offset: number, data: Uint8Array): void {
     const w = this.#w;
-    let clear = -1;
     lockAcquire(w, W_LOCK);
     try {
       for (let i = 0; i < data.length;) {
@@ -161,8 +155,7 @@ export class BochsDisplay {
             v = (v & ~(0xff << shift)) | (data[i + n]! << shift);
             n++;
           }
-          const c = this.#writeDispi(index, v);
-          if (c >= 0) clear = c;
+          this.#writeDispi(index, v);
           i += n;
         } else if (at >= MMIO.QEXT + 4 && at < MMIO.QEXT + 8) {
           const shift = 8 * (at & 3);
@@ -173,33 +166,26 @@ export class BochsDisplay {
     } finally {
       lockRelease(w, W_LOCK);
     }
-    if (clear > 0) this.#vram?.fill(0, 0, Math.min(clear, this.#vram.length));
   }
 
-  /** Applies a DISPI write; returns bytes of VRAM to clear (a mode set), or -1. Lock held. */
-  #writeDispi(index: number, value: number): number {
+  /** Applies a DISPI write. Lock held. */
+  #writeDispi(index: number, value: number): void {
     const w = this.#w;
     switch (index) {
       case DISPI.ID:
         if (value >= DISPI_ID0 && value <= DISPI_ID5) w[W_REGS + index] = value;
-        return -1;
+        return;
       case DISPI.VIDEO_MEMORY_64K:
-        return -1; // read-only
-      case DISPI.ENABLE: {
-        const was = w[W_REGS + index]!;
+        return; // read-only
+      case DISPI.ENABLE:
+        // bochs-display never clears VRAM on a mode set (stdvga does): Linux re-sets the mode
+        // while its fbdev shadow is only partly flushed, and a clear would lose the rest.
         w[W_REGS + index] = value &
           (DISPI_ENABLE.ENABLED | DISPI_ENABLE.GETCAPS | DISPI_ENABLE.DAC_8BIT | DISPI_ENABLE.LFB |
             DISPI_ENABLE.NOCLEARMEM);
-        const enabling = value & DISPI_ENABLE.ENABLED && !(was & DISPI_ENABLE.ENABLED);
-        if (!enabling || value & DISPI_ENABLE.NOCLEARMEM) return -1;
-        const bytes = Math.ceil((w[W_REGS + DISPI.BPP]! & 0xffff) / 8) || 1;
-        return (w[W_REGS + DISPI.YRES]! & 0xffff) *
-          Math.max(w[W_REGS + DISPI.VIRT_WIDTH]! & 0xffff, w[W_REGS + DISPI.XRES]! & 0xffff) *
-          bytes;
-      }
+        return;
       default:
         if (index < MMIO.DISPI_COUNT) w[W_REGS + index] = value & 0xffff;
-        return -1;
     }
   }
 }
