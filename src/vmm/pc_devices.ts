@@ -39,8 +39,6 @@ import type { PciDeviceStatus } from "./control.ts";
 import { getLogger, rateLimited } from "../util/log.ts";
 import { eventfdSignal } from "../../ffi/libc.ts";
 import { type MainThreadDevice, RequestSlotClient } from "../machine/main_thread_slot.ts";
-
-const log = getLogger("machine", "display");
 import { BOCHS_PCI, MMIO } from "../devices/display/protocol.ts";
 import {
   I440FX_DEVFN,
@@ -57,6 +55,8 @@ import {
   PmIoBlock,
   PmTimer,
 } from "../machine/pci/piix.ts";
+
+const log = getLogger("machine", "display");
 
 /** PCI configuration mechanism #1 (0xCF8..0xCFF; 0xCF9 is the reset control inside it). */
 const PCI_CONFIG_PORT = 0xcf8;
