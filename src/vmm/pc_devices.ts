@@ -11,7 +11,7 @@
  */
 import { AcpiPm } from "../machine/devices/acpi_pm.ts";
 import { DebugPort } from "../machine/devices/debug_port.ts";
-import { I8042, I8042_PORT_COUNT } from "../machine/devices/i8042.ts";
+import { I8042 } from "../machine/devices/i8042.ts";
 import { PCI_HOST_PORT_COUNT, PciHost } from "../machine/devices/pci_host.ts";
 import { ResetPort } from "../machine/devices/reset_port.ts";
 import { Rtc } from "../machine/devices/rtc.ts";
@@ -20,6 +20,7 @@ import type { IrqLine, MsiSink } from "../machine/irq.ts";
 import {
   COM1_IRQ,
   COM1_PORT,
+  I8042_CMD_PORT,
   I8042_DATA_PORT,
   I8042_KBD_IRQ,
   IOAPIC_SIZE,
@@ -67,10 +68,11 @@ const POST_PORT = 0x80;
 /** PS/2 mouse interrupt, needed so Linux's AUX probe does not wait for it. */
 const I8042_AUX_IRQ = 12;
 
-/** Ranges KVM's in-kernel PIC, PIT, IOAPIC and LAPIC answer (0x61 sits inside the i8042's). */
+/** Ranges KVM's in-kernel PIC, PIT (and its speaker port), ELCR, IOAPIC and LAPIC answer. */
 const KERNEL_RANGES: readonly [string, "pio" | "mmio", number, number][] = [
   ["pic-master", "pio", 0x20, 2],
   ["pit", "pio", 0x40, 4],
+  ["pit-speaker", "pio", 0x61, 1],
   ["pic-slave", "pio", 0xa0, 2],
   ["elcr", "pio", 0x4d0, 2],
   ["ioapic", "mmio", IOAPIC_START, IOAPIC_SIZE],
@@ -205,7 +207,9 @@ export function createPcDeviceState(options: PcDeviceOptions): PcDeviceState {
     registry.add("pio", base, length, registry.addDevice(name));
   pio("com1", COM1_PORT, UART_PORT_COUNT);
   pio("rtc", RTC_PORT, 2);
-  pio("i8042", I8042_DATA_PORT, I8042_PORT_COUNT);
+  // The i8042 decodes 0x60 and 0x64 only; 0x61 between them is the PIT's (in KVM).
+  pio("i8042-data", I8042_DATA_PORT, 1);
+  pio("i8042-cmd", I8042_CMD_PORT, 1);
   pio("post", POST_PORT, 1);
   pio("pci-config", PCI_CONFIG_PORT, PCI_HOST_PORT_COUNT);
   const pmSpec = piix4PmSpec(PM_IO_BASE, true);
@@ -313,14 +317,17 @@ export function attachPcDevices(state: PcDeviceState, deps: PcDeviceDeps): PcDev
   const com1 = new Serial(state.com1, { irq: deps.irq(COM1_IRQ), output: deps.serialOutput });
   set("com1", com1);
   set("rtc", new Rtc(state.rtc));
-  set(
-    "i8042",
-    new I8042(state.i8042, {
-      power: deps.power,
-      kbdIrq: deps.irq(I8042_KBD_IRQ),
-      auxIrq: deps.irq(I8042_AUX_IRQ),
-    }),
-  );
+  const i8042 = new I8042(state.i8042, {
+    power: deps.power,
+    kbdIrq: deps.irq(I8042_KBD_IRQ),
+    auxIrq: deps.irq(I8042_AUX_IRQ),
+  });
+  set("i8042-data", i8042);
+  const cmdOffset = I8042_CMD_PORT - I8042_DATA_PORT;
+  set("i8042-cmd", {
+    read: (offset, data) => i8042.read(cmdOffset + offset, data),
+    write: (offset, data) => i8042.write(cmdOffset + offset, data),
+  });
   set("post", new DebugPort());
   const acpiPm = new AcpiPm(state.acpiPm, { power: deps.power, sci: deps.irq(SCI_IRQ) });
   const pmTimer = new PmTimer(deps.nowNs);
