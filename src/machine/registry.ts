@@ -21,7 +21,7 @@
  * @module
  */
 import type { BusDevice } from "./bus.ts";
-import { lockAcquire, lockRelease } from "../util/shared_lock.ts";
+import { LOCK_STEAL_MS, lockAcquire, lockRelease } from "../util/shared_lock.ts";
 
 /** The two address spaces a device range can sit in. */
 export type AddressSpace = "pio" | "mmio";
@@ -268,9 +268,15 @@ export class DeviceRegistry {
     ) => void,
   ): number {
     const w = this.#w;
-    for (;;) {
+    for (let tries = 0;; tries++) {
       const seq = Atomics.load(w, W_SEQ);
-      if (seq & 1) continue;
+      // A writer is mid-change: spin briefly, then sleep; a writer that died mid-change (a
+      // terminated Worker) leaves the count odd, so after ~LOCK_STEAL_MS take the ranges as
+      // they are rather than hang.
+      if (seq & 1 && tries < 1000 + LOCK_STEAL_MS) {
+        if (tries >= 1000) Atomics.wait(w, W_SEQ, seq, 1);
+        continue;
+      }
       const rows: [number, AddressSpace, number, number, number, boolean][] = [];
       const count = Math.min(Atomics.load(w, W_COUNT), MAX_RANGES);
       for (let h = 0; h < count; h++) {
@@ -286,7 +292,7 @@ export class DeviceRegistry {
           Atomics.load(w, r + R_MAPPED) !== 0,
         ]);
       }
-      if (Atomics.load(w, W_SEQ) !== seq) continue;
+      if (Atomics.load(w, W_SEQ) !== seq && tries < 1000 + LOCK_STEAL_MS) continue;
       for (const row of rows) each(...row);
       return seq;
     }

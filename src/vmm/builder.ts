@@ -264,7 +264,7 @@ function attachVmbus(
   t.add(() => doorbells.close());
   hv.synic.onSlotFree(() => server.pump());
 
-  // --- VMBus devices ---
+  // --- VMBus devices (each registers its teardown with t.add) ---
   const ics = createIntegrationComponents({
     timesync: { referenceTime: () => hv.partition.referenceTime() },
     heartbeat: {

@@ -154,3 +154,15 @@ Deno.test("registry fuzz: random add/move/remove keeps ranges disjoint and dispa
     }
   }
 });
+
+Deno.test("registry: a writer that died mid-change does not hang readers", () => {
+  const reg = DeviceRegistry.create();
+  reg.add("pio", 0x100, 4, reg.addDevice("p"));
+  const words = new Int32Array(reg.state.sab);
+  Atomics.add(words, 1, 1); // sequence left odd, as by a Worker terminated mid-move
+  const t0 = performance.now();
+  const d = new IoDispatch(reg, [{ read: (_o, b) => void b.fill(1), write() {} }]);
+  const b = new Uint8Array(1);
+  ok(d.access("pio", 0x100, false, b));
+  ok(performance.now() - t0 < 2000);
+});
