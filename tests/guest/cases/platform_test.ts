@@ -38,6 +38,9 @@ function checkBoard(run: GuestRun): void {
   has("00:01.0", "0x8086", "0x7000", "0x060100");
   has("00:01.3", "0x8086", "0x7113", "0x068000");
   assert.equal(run.marks.get("pci_root"), "1", `PNP0A03 nodes${ctx}`);
+  // The PM block PMBA placed, claimed by 00:01.3, with the FADT's PM timer inside it.
+  assert.match(run.marks.get("pm_ports") ?? "", /0600-063f : 0000:00:01\.3/, ctx);
+  assert.match(run.marks.get("pm_ports") ?? "", /0608-060b : ACPI PM_TMR/, ctx);
 
   assert.match(run.marks.get("available") ?? "", /\bacpi_pm\b/, ctx);
   assert.equal(run.marks.get("current"), "acpi_pm", ctx);
