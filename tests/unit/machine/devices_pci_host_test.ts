@@ -1,5 +1,5 @@
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
-import { Bus } from "../../../src/machine/bus.ts";
+import { pioBus } from "./pio_bus.ts";
 import type { PowerControl } from "../../../src/machine/power.ts";
 import { PCI_HOST_PORT_COUNT, PciHost } from "../../../src/machine/devices/pci_host.ts";
 import { PciFunction } from "../../../src/machine/pci/function.ts";
@@ -28,14 +28,13 @@ function makeMachine(
 ) {
   const power = new FakePower();
   const reset = new ResetPort(ResetPort.createState(), { power });
-  const bus = new Bus("pio");
   const bridge = new PciFunction(state.bridge, I440FX_SPEC, { registry: DeviceRegistry.create() });
-  bus.insert(
+  const bus = pioBus([[
     0xcf8,
     PCI_HOST_PORT_COUNT,
     new PciHost(state.host, { resetControl: reset, functions: new Map([[0, bridge]]) }),
     "pci-cfg",
-  );
+  ]]);
   const io = (port: number, size: number, value?: number): number => {
     const b = new Uint8Array(size);
     if (value !== undefined) {
@@ -146,8 +145,7 @@ Deno.test("pci-host: address latch and config space are shared across instances"
 });
 
 Deno.test("debug port: writes vanish, reads float", () => {
-  const bus = new Bus("pio");
-  bus.insert(0x80, 1, new DebugPort(), "post");
+  const bus = pioBus([[0x80, 1, new DebugPort(), "post"]]);
   ok(bus.write(0x80, Uint8Array.of(0x12)));
   const b = new Uint8Array(1);
   ok(bus.read(0x80, b));

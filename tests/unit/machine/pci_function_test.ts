@@ -1,6 +1,7 @@
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
 import { PCI_HOST_PORT_COUNT, PciHost } from "../../../src/machine/devices/pci_host.ts";
-import { Bus, type BusDevice } from "../../../src/machine/bus.ts";
+import type { BusDevice } from "../../../src/machine/bus.ts";
+import { pioBus } from "./pio_bus.ts";
 import { PCI_CAP, PciFunction, type PciFunctionSpec } from "../../../src/machine/pci/function.ts";
 import { DeviceRegistry, IoDispatch } from "../../../src/machine/registry.ts";
 import { prng } from "../prng.ts";
@@ -56,8 +57,7 @@ function machine(extra: Partial<PciFunctionSpec> = {}) {
     msi: { signalMsi: (a, d) => msis.push([a, d]) },
   });
   const host = new PciHost(PciHost.createState(), { functions: new Map([[0x18, fn]]) });
-  const bus = new Bus("pio");
-  bus.insert(0xcf8, PCI_HOST_PORT_COUNT, host, "pci");
+  const bus = pioBus([[0xcf8, PCI_HOST_PORT_COUNT, host, "pci"]]);
   const io = (port: number, size: number, value?: number): number => {
     const b = new Uint8Array(size);
     if (value !== undefined) {
