@@ -74,6 +74,8 @@ export interface PciDeviceStatus {
   interrupt: { pin: string; gsi: number } | null;
   /** MSI enabled by the guest. */
   msi: boolean;
+  /** MSI-X enabled by the guest (false without the capability). */
+  msix: boolean;
 }
 
 /** One disk in the `disks` reply. Counters count commands the backend completed successfully. */

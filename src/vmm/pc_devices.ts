@@ -182,6 +182,7 @@ export function pciStatus(
       bars,
       interrupt: pirq >= 0 ? { pin: "ABCD"[pin - 1]!, gsi: PIRQ_GSI_BASE + pirq } : null,
       msi: fn.msiEnabled,
+      msix: fn.msix?.enabled ?? false,
     };
   });
 }
