@@ -8,6 +8,7 @@ import { UsageError } from "./src/util/errors.ts";
 import {
   hvFeaturesOf,
   parseCpus,
+  parseDisplay,
   parseOnCrash,
   parseSeconds,
   parseSerial,
@@ -50,9 +51,12 @@ boot options:
                          path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N]
   --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
   --control PATH         JSON-lines control socket: status, shutdown, reboot, kvp-get, kvp-set,
-                         channels (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH);
-                         owner-only (0600); an existing file or a live socket at PATH is
-                         refused, only a stale socket is replaced
+                         channels, disks, screendump, pci
+                         (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH); owner-only
+                         (0600); an existing file or a live socket at PATH is refused, only a
+                         stale socket is replaced
+  --display SPEC         none | bochs[,WxH]: a bochs-display PCI device (EDID mode WxH,
+                         default 1024x768)                                       (default: none)
   --log-level LEVEL      error | warning | info | debug                          (default: warning)
 
 Exit status: 0 guest powered off (or reset with --no-reboot), 1 the VM failed (triple fault,
@@ -90,6 +94,7 @@ export function parseBootArgs(args: string[]): VmConfig {
         disk: { type: "string", multiple: true, default: [] },
         "rtc-offset": { type: "string", default: "0" },
         control: { type: "string" },
+        display: { type: "string", default: "none" },
         "log-level": { type: "string", default: "warning" },
       },
     });
@@ -117,6 +122,7 @@ export function parseBootArgs(args: string[]): VmConfig {
     disks: v.disk.map((d) => parseDiskSpec(d)),
     rtcOffsetSeconds: parseSignedSeconds(v["rtc-offset"], "--rtc-offset"),
     logLevel: v["log-level"],
+    display: parseDisplay(v.display),
   };
   if (v.initrd !== undefined) config.initrdPath = v.initrd;
   if (v.control !== undefined) config.controlPath = v.control;

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { parseBootArgs } from "../../../cli.ts";
 import { parseSerial, parseSize } from "../../../src/vmm/config.ts";
-import { openSerial, vcpuCpuid } from "../../../src/vmm/vmm.ts";
+import { vcpuCpuid } from "../../../src/vmm/vmm.ts";
+import { openSerial } from "../../../src/vmm/session.ts";
 import { close, libc } from "../../../ffi/libc.ts";
 import { UsageError } from "../../../src/util/errors.ts";
 import { fakeImage } from "../machine/fake_bzimage.ts";
@@ -15,6 +16,17 @@ Deno.test("boot arguments: defaults and values", () => {
   assert.equal(c.initrdPath, undefined);
   assert.deepEqual(c.serial, { kind: "stdio" });
   assert.equal(c.hv, "all");
+  assert.deepEqual(c.display, { kind: "none" });
+  assert.deepEqual(parseBootArgs(["--kernel", "k", "--display", "bochs"]).display, {
+    kind: "bochs",
+    width: 1024,
+    height: 768,
+  });
+  assert.deepEqual(parseBootArgs(["--kernel", "k", "--display", "bochs,800x600"]).display, {
+    kind: "bochs",
+    width: 800,
+    height: 600,
+  });
 });
 
 const BAD: [string[], RegExp][] = [
@@ -33,6 +45,9 @@ const BAD: [string[], RegExp][] = [
   [["--kernel", "k", "--disk", "path=/x,format=vmdk"], /format/],
   [["--kernel", "k", "--shutdown-timeout", "soon"], /--shutdown-timeout/],
   [["--kernel", "k", "--rtc-offset", "yesterday"], /--rtc-offset/],
+  [["--kernel", "k", "--display", "vga"], /--display: 'vga' is not one of none, bochs/],
+  [["--kernel", "k", "--display", "bochs,9000x600"], /--display: mode 9000x600 is outside/],
+  [["--kernel", "k", "--display", "bochs,801x600"], /multiple of 8/],
 ];
 for (const [args, re] of BAD) {
   Deno.test(`boot arguments rejected: ${args.join(" ") || "(none)"}`, () => {
