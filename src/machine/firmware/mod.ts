@@ -1,0 +1,10 @@
+/**
+ * What a UEFI or BIOS firmware needs from the machine: fw_cfg (`fw_cfg.ts`, its wire format in
+ * `fw_cfg_protocol.ts`, the items in `config.ts`, ACPI through the linker/loader in
+ * `table_loader.ts`), SMBIOS tables (`smbios.ts`) and the CFI flash that holds the UEFI
+ * variable store (`pflash.ts`).
+ * @module
+ */
+export * from "./config.ts";
+export * from "./fw_cfg.ts";
+export * from "./table_loader.ts";
