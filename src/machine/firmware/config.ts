@@ -19,6 +19,7 @@ import {
   FW_CFG_RAM_SIZE,
   FW_CFG_UUID,
 } from "./fw_cfg_protocol.ts";
+import { smbiosFirmwareFiles, type SmbiosSystem } from "./smbios.ts";
 import { acpiFirmwareFiles, type FwCfgFile } from "./table_loader.ts";
 
 /** The machine as the firmware sees it. */
@@ -33,9 +34,13 @@ export interface FirmwareConfigOptions {
   readonly bootOrder?: readonly string[];
   /** Milliseconds before a reboot when nothing boots; -1 (default) never reboots. */
   readonly bootFailWaitMs?: number;
-  /** Machine UUID, 16 bytes in SMBIOS order (also key 0x02). */
+  /** Machine UUID, 16 bytes in SMBIOS order: key 0x02 and SMBIOS type 1 (no SMBIOS without). */
   readonly uuid?: Uint8Array;
-  /** More named files (SMBIOS), added as they are. */
+  /** SMBIOS system identity (default `DEFAULT_SYSTEM`). */
+  readonly system?: SmbiosSystem;
+  /** CPUID leaf 1 EAX | EDX << 32, for SMBIOS type 4. */
+  readonly processorId?: bigint;
+  /** More named files, added as they are. */
   readonly files?: readonly FwCfgFile[];
 }
 
@@ -76,7 +81,17 @@ export function buildFirmwareConfig(o: FirmwareConfigOptions): FwCfgState {
   const ram = new Uint8Array(8);
   new DataView(ram.buffer).setBigUint64(0, BigInt(o.map.ramBytes), true);
   b.addItem(FW_CFG_RAM_SIZE, ram);
-  if (o.uuid) b.addItem(FW_CFG_UUID, o.uuid.slice());
+  if (o.uuid) {
+    b.addItem(FW_CFG_UUID, o.uuid.slice());
+    const smbios = smbiosFirmwareFiles({
+      cpus: o.cpus,
+      ram: o.map.ram,
+      uuid: o.uuid,
+      ...(o.system ? { system: o.system } : {}),
+      ...(o.processorId !== undefined ? { processorId: o.processorId } : {}),
+    });
+    for (const f of smbios) b.addFile(f.name, f.data);
+  }
   b.addFile(FILE_E820, firmwareE820(o.map));
   b.addFile(FILE_SYSTEM_STATES, SYSTEM_STATES.slice());
   const wait = new Uint8Array(4);

@@ -7,4 +7,5 @@
  */
 export * from "./config.ts";
 export * from "./fw_cfg.ts";
+export * from "./smbios.ts";
 export * from "./table_loader.ts";

@@ -31,6 +31,7 @@ import {
   LOADER_ALLOCATE_ENTRY,
   LOADER_ENTRY_SIZE,
 } from "../../../../src/machine/firmware/fw_cfg_protocol.ts";
+import { smbiosUuid } from "../../../../src/machine/firmware/smbios.ts";
 import { prng } from "../../prng.ts";
 
 const RAM_SIZE = 2 * MIB;
@@ -45,6 +46,7 @@ function machine() {
     map: buildMemoryMap(64 * MIB),
     acpi: { cpus: 3, pmTimer: true },
     bootOrder: ["/pci@i0cf8/pci8086,2922@3/drive@1/disk@0"],
+    uuid: smbiosUuid("6ba7b810-9dad-11d1-80b4-00c04fd430c8")!,
   });
   return { ram, memory, state, dev: new FwCfgDevice(state, memory) };
 }
@@ -150,6 +152,8 @@ Deno.test("fw_cfg file directory is big-endian, sorted, and names every file", (
       "etc/e820",
       "etc/system-states",
       "etc/table-loader",
+      "etc/smbios/smbios-anchor",
+      "etc/smbios/smbios-tables",
     ]
   ) ok(names.includes(n), n);
 });
