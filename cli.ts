@@ -17,6 +17,7 @@ import {
   type VmConfig,
 } from "./src/vmm/config.ts";
 import { parseDiskSpec } from "./src/devices/storage/backend/disk_spec.ts";
+import { parseFirmwareOptions } from "./src/vmm/firmware.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
 /** Version printed by `--version`. */
@@ -27,12 +28,17 @@ const HELP =
 
 Usage:
   hyperdeno boot --kernel PATH [options]   boot a Linux bzImage
+  hyperdeno boot --firmware uefi [options] boot UEFI firmware (OVMF) from flash
   hyperdeno create-disk FILE SIZE [--format raw|qcow2]   make a disk image
   hyperdeno doctor                         what this host's /dev/kvm can do
   hyperdeno --help | --version
 
 boot options:
-  --kernel PATH          Linux bzImage (64-bit boot protocol 2.12+)            (required)
+  --kernel PATH          Linux bzImage (64-bit boot protocol 2.12+)   (required without --firmware)
+  --firmware KIND        uefi: boot Debian's OVMF instead of a kernel | none     (default: none)
+  --firmware-code PATH   UEFI code image          (default: /usr/share/OVMF/OVMF_CODE_4M.fd)
+  --efi-vars FILE        this VM's UEFI variable store; created from OVMF_VARS_4M.fd if absent,
+                         never shared (default: a fresh store kept only for this run)
   --initrd PATH          initramfs / initrd image
   --cmdline STR          kernel command line        (default: "console=ttyS0 panic=-1")
   --memory SIZE          guest RAM, e.g. 512M, 2G (no unit = MiB)                (default: 512M)
@@ -89,20 +95,26 @@ export function parseBootArgs(args: string[]): VmConfig {
         "rtc-offset": { type: "string", default: "0" },
         control: { type: "string" },
         "log-level": { type: "string", default: "warning" },
+        firmware: { type: "string" },
+        "firmware-code": { type: "string" },
+        "efi-vars": { type: "string" },
       },
     });
   } catch (e) {
     throw new UsageError(`boot: ${(e as Error).message}`);
   }
   const v = parsed.values;
-  if (!v.kernel) throw new UsageError("boot: --kernel PATH is required (see --help)");
+  const firmware = parseFirmwareOptions(
+    { firmware: v.firmware, firmwareCode: v["firmware-code"], efiVars: v["efi-vars"] },
+    v.kernel !== undefined,
+  );
   if (!["error", "warning", "info", "debug"].includes(v["log-level"])) {
     throw new UsageError(
       `--log-level: '${v["log-level"]}' is not one of error, warning, info, debug`,
     );
   }
   const config: VmConfig = {
-    kernelPath: v.kernel,
+    kernelPath: v.kernel ?? "",
     cmdline: v.cmdline,
     memoryBytes: parseSize(v.memory, "--memory"),
     cpus: parseCpus(v.cpus),
@@ -116,7 +128,11 @@ export function parseBootArgs(args: string[]): VmConfig {
     rtcOffsetSeconds: parseSignedSeconds(v["rtc-offset"], "--rtc-offset"),
     logLevel: v["log-level"],
   };
-  if (v.initrd !== undefined) config.initrdPath = v.initrd;
+  if (firmware) config.firmware = firmware;
+  if (v.initrd !== undefined) {
+    if (firmware) throw new UsageError("--initrd goes with --kernel, not --firmware uefi");
+    config.initrdPath = v.initrd;
+  }
   if (v.control !== undefined) config.controlPath = v.control;
   if (v.syndbg !== undefined) config.syndbg = parseSyndbg(v.syndbg);
   hvFeaturesOf(config); // a bad --hv list (or --syndbg mismatch) fails here, before any file is read

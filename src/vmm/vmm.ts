@@ -23,6 +23,7 @@ import { loadLinux, parseBzImage } from "../machine/linux_boot.ts";
 import { buildMemoryMap, type MemoryMap } from "../machine/memory_map.ts";
 import { bootCpuState, writeBootTables } from "../machine/page_tables.ts";
 import { SharedPowerControl } from "../machine/power.ts";
+import { loadFirmware } from "./firmware.ts";
 import { UsageError } from "../util/errors.ts";
 import { getLogger } from "../util/log.ts";
 import { hvFeaturesOf, type SyndbgSpec, type VmConfig } from "./config.ts";
@@ -78,6 +79,14 @@ export function vcpuCpuid(base: readonly CpuidEntry[], index: number, cpus: numb
 
 /** Runs the VM described by `config` until it ends; returns the process exit status. */
 export async function runVm(config: VmConfig): Promise<number> {
+  if (config.firmware) {
+    // Bad firmware files are the user's to fix on any host: say so before looking for KVM.
+    loadFirmware(config.firmware).varsFile?.close();
+    throw new UsageError(
+      "--firmware uefi: this build checks the firmware files but cannot start firmware yet " +
+        "(the PC platform it needs is not merged)",
+    );
+  }
   const kernel = readInput(config.kernelPath, "kernel");
   // A bad kernel file is the user's to fix on any host: say so before looking for KVM.
   parseBzImage(kernel, config.kernelPath);
