@@ -1,27 +1,53 @@
 /**
- * The PC's legacy devices and where they sit: the one place that knows their ports and GSIs.
- * Shared state is created once on the main thread (`createPcDeviceState`); every thread that
- * handles exits builds its own device objects over it (`attachPcDevices`).
+ * The PC board (i440FX/PIIX) and where everything sits: the one place that knows ports, MMIO
+ * ranges, PCI slots and GSIs. `createPcDeviceState` runs once on the main thread: it creates
+ * every device's shared state and registers devices and ranges in the {@linkcode DeviceRegistry};
+ * every thread that handles exits then builds its own device objects over that state
+ * (`attachPcDevices`) and dispatches through its own {@linkcode IoDispatch}.
+ *
+ * Ranges the in-kernel irqchip and PIT answer are registered as `"kernel"` devices, so nothing
+ * else can claim them.
  * @module
  */
-import { Bus } from "../machine/bus.ts";
-import { ACPI_PM_PORT_COUNT, AcpiPm } from "../machine/devices/acpi_pm.ts";
+import { AcpiPm } from "../machine/devices/acpi_pm.ts";
 import { DebugPort } from "../machine/devices/debug_port.ts";
 import { I8042, I8042_PORT_COUNT } from "../machine/devices/i8042.ts";
 import { PCI_HOST_PORT_COUNT, PciHost } from "../machine/devices/pci_host.ts";
 import { ResetPort } from "../machine/devices/reset_port.ts";
 import { Rtc } from "../machine/devices/rtc.ts";
 import { Serial, UART_PORT_COUNT } from "../machine/devices/serial.ts";
-import type { IrqLine } from "../machine/irq.ts";
+import type { IrqLine, MsiSink } from "../machine/irq.ts";
 import {
   COM1_IRQ,
   COM1_PORT,
   I8042_DATA_PORT,
   I8042_KBD_IRQ,
-  PM1A_EVT_PORT,
+  IOAPIC_SIZE,
+  IOAPIC_START,
+  LAPIC_SIZE,
+  LAPIC_START,
+  PM_IO_BASE,
   SCI_IRQ,
 } from "../machine/layout.ts";
 import type { PowerControl } from "../machine/power.ts";
+import type { BusDevice } from "../machine/bus.ts";
+import { DeviceRegistry, IoDispatch, type RegistryState } from "../machine/registry.ts";
+import { PciFunction, type PciFunctionSpec } from "../machine/pci/function.ts";
+import {
+  I440FX_DEVFN,
+  I440FX_SPEC,
+  PIIX3_DEVFN,
+  PIIX3_SPEC,
+  PIIX4_PM_DEVFN,
+  piix4PmSpec,
+  PIRQ_GSI_BASE,
+  PirqLines,
+  pirqOf,
+  PM_IO_SIZE,
+  pmBlockBase,
+  PmIoBlock,
+  PmTimer,
+} from "../machine/pci/piix.ts";
 
 /** PCI configuration mechanism #1 (0xCF8..0xCFF; 0xCF9 is the reset control inside it). */
 const PCI_CONFIG_PORT = 0xcf8;
@@ -32,14 +58,37 @@ const POST_PORT = 0x80;
 /** PS/2 mouse interrupt, needed so Linux's AUX probe does not wait for it. */
 const I8042_AUX_IRQ = 12;
 
-/** Shared state of every legacy device (structured-cloneable: SharedArrayBuffers only). */
+/** Ranges KVM's in-kernel PIC, PIT, IOAPIC and LAPIC answer (0x61 sits inside the i8042's). */
+const KERNEL_RANGES: readonly [string, "pio" | "mmio", number, number][] = [
+  ["pic-master", "pio", 0x20, 2],
+  ["pit", "pio", 0x40, 4],
+  ["pic-slave", "pio", 0xa0, 2],
+  ["elcr", "pio", 0x4d0, 2],
+  ["ioapic", "mmio", IOAPIC_START, IOAPIC_SIZE],
+  ["lapic", "mmio", LAPIC_START, LAPIC_SIZE],
+];
+
+/** A PCI function of the board: where it sits and what it is. */
+export interface PciSlot {
+  readonly devfn: number;
+  readonly name: string;
+  readonly spec: PciFunctionSpec;
+  readonly state: SharedArrayBuffer;
+}
+
+/** Shared state of every board device (structured-cloneable: SharedArrayBuffers and data). */
 export interface PcDeviceState {
+  registry: RegistryState;
   com1: SharedArrayBuffer;
   rtc: SharedArrayBuffer;
   i8042: SharedArrayBuffer;
   acpiPm: SharedArrayBuffer;
   reset: SharedArrayBuffer;
   pci: SharedArrayBuffer;
+  pirq: SharedArrayBuffer;
+  pciSlots: PciSlot[];
+  /** Registry range of the PIIX4 PM block (moved when the guest reprograms PMBA). */
+  pmRange: number;
 }
 
 /** Options fixed at VM creation. */
@@ -51,9 +100,29 @@ export interface PcDeviceOptions {
   rtcOffsetMs?: number;
 }
 
-/** Creates the shared state of all legacy devices. */
+/** Creates the shared state of all board devices and registers their ranges. */
 export function createPcDeviceState(options: PcDeviceOptions): PcDeviceState {
+  const registry = DeviceRegistry.create();
+  for (const [name, space, base, length] of KERNEL_RANGES) {
+    registry.add(space, base, length, registry.addDevice(name, "kernel"));
+  }
+  const pio = (name: string, base: number, length: number) =>
+    registry.add("pio", base, length, registry.addDevice(name));
+  pio("com1", COM1_PORT, UART_PORT_COUNT);
+  pio("rtc", RTC_PORT, 2);
+  pio("i8042", I8042_DATA_PORT, I8042_PORT_COUNT);
+  pio("post", POST_PORT, 1);
+  pio("pci-config", PCI_CONFIG_PORT, PCI_HOST_PORT_COUNT);
+  const pmSpec = piix4PmSpec(PM_IO_BASE, true);
+  const pmRange = registry.add("pio", PM_IO_BASE, PM_IO_SIZE, registry.addDevice("piix4-pm-io"));
+  const slot = (devfn: number, name: string, spec: PciFunctionSpec): PciSlot => ({
+    devfn,
+    name,
+    spec,
+    state: PciFunction.createState(spec),
+  });
   return {
+    registry: registry.state,
     com1: Serial.createState(),
     rtc: Rtc.createState({
       ramBelow4G: options.ramBelow4G,
@@ -64,6 +133,13 @@ export function createPcDeviceState(options: PcDeviceOptions): PcDeviceState {
     acpiPm: AcpiPm.createState(),
     reset: ResetPort.createState(),
     pci: PciHost.createState(),
+    pirq: PirqLines.createState(),
+    pciSlots: [
+      slot(I440FX_DEVFN, "i440fx", I440FX_SPEC),
+      slot(PIIX3_DEVFN, "piix3", PIIX3_SPEC),
+      slot(PIIX4_PM_DEVFN, "piix4-pm", pmSpec),
+    ],
+    pmRange,
   };
 }
 
@@ -73,40 +149,79 @@ export interface PcDeviceDeps {
   power: PowerControl;
   /** COM1 output sink (this thread's). */
   serialOutput: (bytes: Uint8Array) => void;
+  /** A monotonic clock in ns, the same on every thread (the PM timer counts from it). */
+  nowNs: () => bigint;
+  /** Where PCI functions' MSI writes go. */
+  msi?: MsiSink;
 }
 
-/** This thread's devices and the PIO bus that routes to them. */
+/** This thread's devices and the dispatcher that routes exits to them. */
 export interface PcDevices {
-  pio: Bus;
+  registry: DeviceRegistry;
+  dispatch: IoDispatch;
+  /** Handlers by device id; a thread may add its own (Hyper-V ports) before the first exit. */
+  handlers: (BusDevice | undefined)[];
   com1: Serial;
   acpiPm: AcpiPm;
+  pmTimer: PmTimer;
+  /** This thread's PCI functions by devfn. */
+  pci: Map<number, PciFunction>;
 }
 
-/** Builds this thread's device objects over `state` and maps them on a PIO bus. */
+/** Builds this thread's device objects over `state` and a dispatcher over its registry. */
 export function attachPcDevices(state: PcDeviceState, deps: PcDeviceDeps): PcDevices {
-  const pio = new Bus("pio");
+  const registry = new DeviceRegistry(state.registry);
+  const handlers: (BusDevice | undefined)[] = [];
+  const set = (name: string, device: BusDevice) => {
+    const id = registry.deviceId(name);
+    if (id < 0) throw new Error(`Device '${name}' is not registered on this board.`);
+    handlers[id] = device;
+  };
   const com1 = new Serial(state.com1, { irq: deps.irq(COM1_IRQ), output: deps.serialOutput });
-  pio.insert(COM1_PORT, UART_PORT_COUNT, com1, "com1");
-  pio.insert(RTC_PORT, 2, new Rtc(state.rtc), "rtc");
-  pio.insert(
-    I8042_DATA_PORT,
-    I8042_PORT_COUNT,
+  set("com1", com1);
+  set("rtc", new Rtc(state.rtc));
+  set(
+    "i8042",
     new I8042(state.i8042, {
       power: deps.power,
       kbdIrq: deps.irq(I8042_KBD_IRQ),
       auxIrq: deps.irq(I8042_AUX_IRQ),
     }),
-    "i8042",
   );
-  pio.insert(POST_PORT, 1, new DebugPort(), "post");
+  set("post", new DebugPort());
   const acpiPm = new AcpiPm(state.acpiPm, { power: deps.power, sci: deps.irq(SCI_IRQ) });
-  pio.insert(PM1A_EVT_PORT, ACPI_PM_PORT_COUNT, acpiPm, "acpi-pm");
+  const pmTimer = new PmTimer(deps.nowNs);
+  set("piix4-pm-io", new PmIoBlock(acpiPm, pmTimer));
+
+  const pirq = new PirqLines(state.pirq, [0, 1, 2, 3].map((n) => deps.irq(PIRQ_GSI_BASE + n)));
+  const pci = new Map<number, PciFunction>();
+  state.pciSlots.forEach((s, source) => {
+    const p = pirqOf(s.devfn, s.spec.interruptPin ?? 0);
+    const fn = new PciFunction(s.state, s.spec, {
+      registry,
+      intx: p >= 0 ? pirq.line(p, source) : undefined,
+      msi: deps.msi,
+      onConfigWrite: s.devfn === PIIX4_PM_DEVFN
+        ? (f) => {
+          try {
+            registry.move(state.pmRange, pmBlockBase(f));
+          } catch {
+            registry.move(state.pmRange, undefined); // PMBA on top of another device: off
+          }
+        }
+        : undefined,
+    });
+    pci.set(s.devfn, fn);
+  });
   const reset = new ResetPort(state.reset, { power: deps.power });
-  pio.insert(
-    PCI_CONFIG_PORT,
-    PCI_HOST_PORT_COUNT,
-    new PciHost(state.pci, { resetControl: reset }),
-    "pci",
-  );
-  return { pio, com1, acpiPm };
+  set("pci-config", new PciHost(state.pci, { resetControl: reset, functions: pci }));
+  return {
+    registry,
+    dispatch: new IoDispatch(registry, handlers),
+    handlers,
+    com1,
+    acpiPm,
+    pmTimer,
+    pci,
+  };
 }

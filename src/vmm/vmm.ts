@@ -4,7 +4,16 @@
  * (rebuild and boot again) or die.
  * @module
  */
-import { C, close, eventfd, eventfdDrain, eventfdSignal, libc, open } from "../../ffi/libc.ts";
+import {
+  C,
+  clockNs,
+  close,
+  eventfd,
+  eventfdDrain,
+  eventfdSignal,
+  libc,
+  open,
+} from "../../ffi/libc.ts";
 import { KVM } from "../../ffi/kvm_abi.ts";
 import { GuestMemory } from "../kvm/guest_memory.ts";
 import { type CpuidEntry, Kvm } from "../kvm/kvm.ts";
@@ -13,6 +22,7 @@ import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
 import { ExitCounters } from "../kvm/exit_counters.ts";
 import { hasFeature, type HvFeatures } from "../hyperv/mod.ts";
 import { setupEnlightenments, type SyndbgLink } from "./enlightenments.ts";
+import { registerHyperVPorts } from "./hyperv_host.ts";
 import { type ControlTarget, serveControl } from "./control.ts";
 import { VmbusServer } from "../vmbus/mod.ts";
 import { bindDoorbells, doorbellEventfdsFromEnv, type Doorbells } from "./doorbells.ts";
@@ -335,6 +345,8 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       irq: (gsi) => vm.interrupts.irqLine(gsi),
       power,
       serialOutput: () => {},
+      nowNs: () => clockNs(),
+      msi: vm.interrupts,
     });
 
     // 4. Kernel, boot tables, ACPI.
@@ -374,6 +386,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     });
     vcpu0.close();
     cleanups.push(() => enlightenments.close());
+    if (enlightenments.init) registerHyperVPorts(mainDevices.registry);
 
     // 6. VMBus host and its devices (needs the SynIC).
     let ics: IntegrationComponents | undefined;

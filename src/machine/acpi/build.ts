@@ -40,7 +40,7 @@ import {
   SCI_IRQ,
 } from "../layout.ts";
 import type { GpaRange } from "../memory_map.ts";
-import { buildDsdt } from "./dsdt.ts";
+import { buildDsdt, type PciRootOptions } from "./dsdt.ts";
 import {
   ACPI_HEADER,
   buildFacs,
@@ -70,6 +70,8 @@ export interface AcpiOptions {
   readonly i8042?: boolean;
   /** The machine emulates the CMOS RTC at 0x70 (default true; false sets "CMOS RTC not present"). */
   readonly rtc?: boolean;
+  /** The PCI root bridge (`PNP0A03` with `_CRS` and `_PRT`); absent for none. */
+  readonly pci?: PciRootOptions | undefined;
   /** The machine emulates the ACPI PM timer at `PM_TMR_PORT` (default false). */
   readonly pmTimer?: boolean;
   /** ACPI power button device PNP0C0C in the DSDT (default true). */
@@ -190,6 +192,7 @@ export function buildAcpiImage(options: AcpiOptions): AcpiImage {
       powerButton: options.powerButton ?? true,
       s5SlpTyp: ACPI_S5_SLP_TYP,
       vmbusMmio: options.vmbusMmio,
+      pci: options.pci,
     }),
     16,
   );
