@@ -19,6 +19,7 @@ import { SharedPowerControl } from "../machine/power.ts";
 import { getLogger, rateLimited } from "../util/log.ts";
 import { configureLogging } from "./logging.ts";
 import { attachPcDevices, type PcDeviceState } from "./pc_devices.ts";
+import { attachFirmwareDevices, type FirmwareThreadInit } from "./firmware_devices.ts";
 import { HV_DOORBELL_FIRST, type HyperV } from "../hyperv/mod.ts";
 import {
   attachEnlightenments,
@@ -53,6 +54,8 @@ export interface VcpuThreadInit {
   /** Hyper-V enlightenments; undefined with `--hv none`. */
   hv: HvThreadInit | undefined;
   devices: PcDeviceState;
+  /** Flash and fw_cfg for `--firmware uefi`; undefined for direct boot. */
+  firmware?: FirmwareThreadInit | undefined;
   power: SharedArrayBuffer;
   powerEventfd: number;
   /** Where COM1 output goes (-1: nowhere). */
@@ -149,6 +152,14 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
       nowNs: () => clockNs(),
       msi: interrupts,
     });
+    if (init.firmware) {
+      attachFirmwareDevices(init.firmware, {
+        registry: devices.registry,
+        handlers: devices.handlers,
+        memory: guestMemoryFrom(init.ram),
+        vmFd: init.vmFd,
+      });
+    }
     const unhandled = rateLimited();
     const flushSelf = () => vcpu.flushTlb();
     let hv: HyperV | undefined;

@@ -29,11 +29,16 @@ import { bindDoorbells, doorbellEventfdsFromEnv, type Doorbells } from "./doorbe
 import { openDisk, ScsiController, ScsiDisk, StorvspDevice } from "../devices/storage/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
-import { loadLinux, parseBzImage } from "../machine/linux_boot.ts";
+import { type LinuxBoot, loadLinux, parseBzImage } from "../machine/linux_boot.ts";
 import { buildMemoryMap, type MemoryMap } from "../machine/memory_map.ts";
 import { bootCpuState, writeBootTables } from "../machine/page_tables.ts";
 import { SharedPowerControl } from "../machine/power.ts";
-import { loadFirmware } from "./firmware.ts";
+import {
+  type FirmwareHost,
+  type FirmwareThreadInit,
+  installFirmware,
+  prepareFirmware,
+} from "./firmware_devices.ts";
 import { UsageError } from "../util/errors.ts";
 import { getLogger } from "../util/log.ts";
 import { hvFeaturesOf, type SyndbgSpec, type VmConfig } from "./config.ts";
@@ -89,17 +94,14 @@ export function vcpuCpuid(base: readonly CpuidEntry[], index: number, cpus: numb
 
 /** Runs the VM described by `config` until it ends; returns the process exit status. */
 export async function runVm(config: VmConfig): Promise<number> {
-  if (config.firmware) {
-    // Bad firmware files are the user's to fix on any host: say so before looking for KVM.
-    loadFirmware(config.firmware).varsFile?.close();
-    throw new UsageError(
-      "--firmware uefi: this build checks the firmware files but cannot start firmware yet " +
-        "(the PC platform it needs is not merged)",
-    );
+  // Bad kernel or firmware files are the user's to fix on any host: say so before looking for
+  // KVM. The firmware's flash memory and vars file outlive guest resets, like its NVRAM would.
+  const firmware = config.firmware ? prepareFirmware(config.firmware) : undefined;
+  let kernel: Uint8Array | undefined;
+  if (!firmware) {
+    kernel = readInput(config.kernelPath, "kernel");
+    parseBzImage(kernel, config.kernelPath);
   }
-  const kernel = readInput(config.kernelPath, "kernel");
-  // A bad kernel file is the user's to fix on any host: say so before looking for KVM.
-  parseBzImage(kernel, config.kernelPath);
   const doorbellEventfds = doorbellEventfdsFromEnv(Deno.env.get("HYPERDENO_DOORBELL_EVENTFDS"));
   const initrd = config.initrdPath !== undefined
     ? readInput(config.initrdPath, "initrd")
@@ -114,6 +116,7 @@ export async function runVm(config: VmConfig): Promise<number> {
       }M)`,
     );
   }
+  using _firmwareClose = { [Symbol.dispose]: () => firmware?.close() };
   using kvm = Kvm.open();
   for (
     const [cap, name] of [[KVM.KVM_CAP_IRQCHIP, "in-kernel irqchip"], [
@@ -146,6 +149,7 @@ export async function runVm(config: VmConfig): Promise<number> {
       const outcome = await bootOnce(kvm, config, {
         map,
         kernel,
+        firmware,
         initrd,
         serialFd,
         cmos,
@@ -285,7 +289,10 @@ interface BootInputs {
   /** Doorbell ids bound to eventfds (`doorbellEventfdsFromEnv`). */
   doorbellEventfds: number;
   map: MemoryMap;
-  kernel: Uint8Array;
+  /** The bzImage for direct boot; undefined with firmware. */
+  kernel: Uint8Array | undefined;
+  /** `--firmware uefi`: flash images and vars file, kept across resets. */
+  firmware: FirmwareHost | undefined;
   initrd: Uint8Array | undefined;
   serialFd: number;
   /** Shared CMOS state, kept across resets. */
@@ -349,22 +356,33 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       msi: vm.interrupts,
     });
 
-    // 4. Kernel, boot tables, ACPI.
+    // 4. Boot payload: the kernel, boot tables and ACPI in RAM; or the firmware's flash and
+    // fw_cfg (ACPI through its loader), with every vCPU at the reset vector.
     const withVmbus = hasFeature(inputs.features, "synic");
-    const rsdp = installAcpi(memory, { cpus: config.cpus, map, vmbus: withVmbus });
-    const boot = loadLinux(memory, {
-      kernel,
-      kernelName: config.kernelPath,
-      initrd,
-      cmdline: config.cmdline,
-      memoryMap: map,
-      acpiRsdpAddress: rsdp,
-    });
-    writeBootTables(memory);
-    log.info("kernel loaded at {load}, entry {entry}", {
-      load: "0x" + boot.loadAddress.toString(16),
-      entry: "0x" + boot.entry.toString(16),
-    });
+    let boot: LinuxBoot | undefined;
+    let firmware: FirmwareThreadInit | undefined;
+    if (inputs.firmware) {
+      firmware = installFirmware(vm, mainDevices.registry, inputs.firmware, {
+        cpus: config.cpus,
+        map,
+        vmbus: withVmbus,
+      });
+    } else {
+      const rsdp = installAcpi(memory, { cpus: config.cpus, map, vmbus: withVmbus });
+      boot = loadLinux(memory, {
+        kernel: kernel!,
+        kernelName: config.kernelPath,
+        initrd,
+        cmdline: config.cmdline,
+        memoryMap: map,
+        acpiRsdpAddress: rsdp,
+      });
+      writeBootTables(memory);
+      log.info("kernel loaded at {load}, entry {entry}", {
+        load: "0x" + boot.loadAddress.toString(16),
+        entry: "0x" + boot.entry.toString(16),
+      });
+    }
 
     // 5. Hyper-V enlightenments (CPUID, MSR routing, shared state, timer and SynIC drivers).
     // vCPU 0 is borrowed here (before its thread exists) to read the guest TSC offset.
@@ -462,7 +480,8 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
         syncRegs,
         ram: vm.regions.map((r) => ({ gpa: r.gpa, size: r.size, hostAddress: r.hostAddress })),
         cpuid: vcpuCpuid(enlightenments.cpuid, i, config.cpus),
-        boot: i === 0 ? bootCpuState(boot) : undefined,
+        boot: i === 0 && boot ? bootCpuState(boot) : undefined,
+        firmware,
         controls: controls.map((c) => c.sab),
         vcpuFds,
         hv: enlightenments.init,
