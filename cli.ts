@@ -8,6 +8,7 @@ import { UsageError } from "./src/util/errors.ts";
 import {
   hvFeaturesOf,
   parseCpus,
+  parseDisplay,
   parseOnCrash,
   parseSeconds,
   parseSerial,
@@ -56,7 +57,10 @@ boot options:
                          path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N]
   --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
   --control PATH         JSON-lines control socket: status, shutdown, reboot, kvp-get, kvp-set,
-                         channels (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH)
+                         channels, disks, screendump, pci
+                         (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH)
+  --display SPEC         none | bochs[,WxH]: a bochs-display PCI device (EDID mode WxH,
+                         default 1024x768)                                       (default: none)
   --log-level LEVEL      error | warning | info | debug                          (default: warning)
 
 Exit status: 0 guest powered off (or reset with --no-reboot), 1 the VM failed (triple fault,
@@ -94,6 +98,7 @@ export function parseBootArgs(args: string[]): VmConfig {
         disk: { type: "string", multiple: true, default: [] },
         "rtc-offset": { type: "string", default: "0" },
         control: { type: "string" },
+        display: { type: "string", default: "none" },
         "log-level": { type: "string", default: "warning" },
         firmware: { type: "string" },
         "firmware-code": { type: "string" },
@@ -127,6 +132,7 @@ export function parseBootArgs(args: string[]): VmConfig {
     disks: v.disk.map((d) => parseDiskSpec(d)),
     rtcOffsetSeconds: parseSignedSeconds(v["rtc-offset"], "--rtc-offset"),
     logLevel: v["log-level"],
+    display: parseDisplay(v.display),
   };
   if (firmware) config.firmware = firmware;
   if (v.initrd !== undefined) {

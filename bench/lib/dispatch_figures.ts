@@ -23,7 +23,7 @@ import { type ExitHandler, runVcpu } from "../../src/kvm/vcpu_loop.ts";
 
 import { COM1_PORT } from "../../src/machine/layout.ts";
 import { HV_HYPERCALL_PORT, parseHvFeatures, tlfs } from "../../src/hyperv/mod.ts";
-import { VcpuHypercallRegs } from "../../src/vmm/hyperv_host.ts";
+import { VcpuHypercallRegs } from "../../src/hyperv/host/hyperv_host.ts";
 import { attachPcDevices, createPcDeviceState } from "../../src/vmm/pc_devices.ts";
 import { rdtsc } from "../../src/kvm/tsc.ts";
 import { GUEST_OS_ID, HYPERCALL_PAGE_GPA, RAM_SIZE, SIGNAL_CONNECTION_ID } from "./guest32.ts";

@@ -261,7 +261,8 @@ export const KVM_CAP_READONLY_MEM = 81;
 /** Slots from `addSlot` start here (RAM regions take the first ones). */
 const MEMSLOT_BASE = 32;
 
-interface MemorySlot {
+/** A memory slot over caller memory, as KVM_SET_USER_MEMORY_REGION takes it. */
+export interface MemorySlot {
   slot: number;
   size: number;
   hostAddress: bigint;

@@ -8,6 +8,7 @@ import { type AcpiOptions, buildAcpiTables } from "../machine/acpi/mod.ts";
 import { PCI_IO_WINDOWS } from "../machine/layout.ts";
 import type { MemoryMap } from "../machine/memory_map.ts";
 import { PIRQ_GSI_BASE } from "../machine/pci/piix.ts";
+import { vmbusAcpiNode } from "../vmbus/acpi.ts";
 
 /** What the machine's ACPI tables describe. */
 export interface MachineAcpi {
@@ -20,7 +21,7 @@ export interface MachineAcpi {
 export function machineAcpiOptions(options: MachineAcpi): AcpiOptions {
   return {
     cpus: options.cpus,
-    vmbusMmio: options.vmbus ? options.map.vmbusMmio : undefined,
+    devices: options.vmbus ? [vmbusAcpiNode(options.map.vmbusMmio)] : [],
     pmTimer: true,
     pci: {
       ioWindows: PCI_IO_WINDOWS,

@@ -33,6 +33,15 @@ import type { PowerControl } from "../machine/power.ts";
 import type { BusDevice } from "../machine/bus.ts";
 import { DeviceRegistry, IoDispatch, type RegistryState } from "../machine/registry.ts";
 import { PciFunction, type PciFunctionSpec } from "../machine/pci/function.ts";
+import { BochsDisplay } from "../devices/display/bochs.ts";
+import { setUserMemoryRegion } from "../kvm/vm.ts";
+import type { PciDeviceStatus } from "./control.ts";
+import { getLogger, rateLimited } from "../util/log.ts";
+import { eventfdSignal } from "../../ffi/libc.ts";
+import { type MainThreadDevice, RequestSlotClient } from "../machine/main_thread_slot.ts";
+
+const log = getLogger("machine", "display");
+import { BOCHS_PCI, MMIO } from "../devices/display/protocol.ts";
 import {
   I440FX_DEVFN,
   I440FX_SPEC,
@@ -89,6 +98,90 @@ export interface PcDeviceState {
   pciSlots: PciSlot[];
   /** Registry range of the PIIX4 PM block (moved when the guest reprograms PMBA). */
   pmRange: number;
+  /** The bochs-display at 00:02.0, with `--display bochs`. */
+  display?: DisplayState;
+  /**
+   * Request slots for main-thread devices, one per vCPU, and the eventfd that wakes the main
+   * thread (set by the builder once the vCPU count and the event loop exist).
+   */
+  requests?: { slots: SharedArrayBuffer[]; wakeFd: number };
+}
+
+/** The display's shared state and its framebuffer (host memory the VMM owns). */
+export interface DisplayState {
+  state: SharedArrayBuffer;
+  vramBytes: number;
+  /** Host address of the framebuffer mapping (every thread of the process can view it). */
+  vramAddress: bigint;
+}
+
+/** PCI slot of the display (00:02.0, where QEMU's i440FX puts VGA). */
+export const DISPLAY_DEVFN = 0x10;
+/** KVM memory slot of the display's framebuffer (RAM takes the first slots). */
+export const FRAMEBUFFER_SLOT = 16;
+
+/**
+ * Moves the framebuffer's memory slot in VM `vmFd` (any thread): mapped at `gpa`, or deleted
+ * for undefined. KVM moves an existing slot in place when only its address changes.
+ */
+export function framebufferMover(
+  vmFd: number,
+  display: DisplayState,
+): (gpa: number | undefined) => void {
+  const limit = rateLimited();
+  return (gpa) => {
+    try {
+      setUserMemoryRegion(vmFd, {
+        slot: FRAMEBUFFER_SLOT,
+        size: gpa === undefined ? 0 : display.vramBytes,
+        hostAddress: display.vramAddress,
+        readOnly: false,
+      }, gpa ?? 0);
+    } catch (e) {
+      // The guest then draws into nothing (writes to an unbacked BAR are dropped).
+      limit((n) =>
+        log.error("framebuffer slot not moved to {gpa}: {error} ({n} suppressed)", {
+          gpa: gpa === undefined ? "none" : "0x" + gpa.toString(16),
+          error: String(e),
+          n,
+        })
+      );
+    }
+  };
+}
+
+/** The `pci` control reply: every function with its BARs where the guest put them. */
+export function pciStatus(
+  state: PcDeviceState,
+  pci: ReadonlyMap<number, PciFunction>,
+): PciDeviceStatus[] {
+  const hex = (n: number, w: number) => "0x" + n.toString(16).padStart(w, "0");
+  return state.pciSlots.map((s) => {
+    const fn = pci.get(s.devfn)!;
+    const bars: PciDeviceStatus["bars"] = [];
+    (s.spec.bars ?? []).forEach((b, index) => {
+      if (!b) return;
+      const base = fn.barBase(index);
+      bars.push({
+        index,
+        kind: b.kind + (b.prefetchable ? ",prefetchable" : ""),
+        size: fn.barSize(index),
+        base: base === undefined ? null : "0x" + base.toString(16),
+      });
+    });
+    const pin = s.spec.interruptPin ?? 0;
+    const pirq = pirqOf(s.devfn, pin);
+    return {
+      bdf: `00:${(s.devfn >> 3).toString(16).padStart(2, "0")}.${s.devfn & 7}`,
+      name: s.name,
+      vendor: hex(s.spec.vendor, 4),
+      device: hex(s.spec.device, 4),
+      class: hex(s.spec.classCode, 6),
+      bars,
+      interrupt: pirq >= 0 ? { pin: "ABCD"[pin - 1]!, gsi: PIRQ_GSI_BASE + pirq } : null,
+      msi: fn.msiEnabled,
+    };
+  });
 }
 
 /** Options fixed at VM creation. */
@@ -98,6 +191,8 @@ export interface PcDeviceOptions {
   ramAbove4G: number;
   /** Offset of the guest's RTC from host time, in ms (tests start the clock wrong on purpose). */
   rtcOffsetMs?: number;
+  /** A bochs-display over `vramBytes` of host memory at `vramAddress`, offering `mode`. */
+  display?: { vramBytes: number; vramAddress: bigint; mode: { width: number; height: number } };
 }
 
 /** Creates the shared state of all board devices and registers their ranges. */
@@ -121,6 +216,36 @@ export function createPcDeviceState(options: PcDeviceOptions): PcDeviceState {
     spec,
     state: PciFunction.createState(spec),
   });
+  const pciSlots = [
+    slot(I440FX_DEVFN, "i440fx", I440FX_SPEC),
+    slot(PIIX3_DEVFN, "piix3", PIIX3_SPEC),
+    slot(PIIX4_PM_DEVFN, "piix4-pm", pmSpec),
+  ];
+  let display: DisplayState | undefined;
+  if (options.display) {
+    const d = options.display;
+    // BAR0 is a memory slot: the registry only records where it is ("kernel" answers it).
+    const fb = registry.add(
+      "mmio",
+      undefined,
+      d.vramBytes,
+      registry.addDevice("bochs-fb", "kernel"),
+    );
+    const regs = registry.add("mmio", undefined, MMIO.SIZE, registry.addDevice("bochs-mmio"));
+    pciSlots.push(slot(DISPLAY_DEVFN, "bochs-display", {
+      ...BOCHS_PCI,
+      bars: [
+        { kind: "mem32", size: d.vramBytes, prefetchable: true, handle: fb },
+        undefined,
+        { kind: "mem32", size: MMIO.SIZE, handle: regs },
+      ],
+    }));
+    display = {
+      state: BochsDisplay.createState({ vramBytes: d.vramBytes, mode: d.mode }),
+      vramBytes: d.vramBytes,
+      vramAddress: d.vramAddress,
+    };
+  }
   return {
     registry: registry.state,
     com1: Serial.createState(),
@@ -134,12 +259,9 @@ export function createPcDeviceState(options: PcDeviceOptions): PcDeviceState {
     reset: ResetPort.createState(),
     pci: PciHost.createState(),
     pirq: PirqLines.createState(),
-    pciSlots: [
-      slot(I440FX_DEVFN, "i440fx", I440FX_SPEC),
-      slot(PIIX3_DEVFN, "piix3", PIIX3_SPEC),
-      slot(PIIX4_PM_DEVFN, "piix4-pm", pmSpec),
-    ],
+    pciSlots,
     pmRange,
+    ...(display ? { display } : {}),
   };
 }
 
@@ -153,6 +275,13 @@ export interface PcDeviceDeps {
   nowNs: () => bigint;
   /** Where PCI functions' MSI writes go. */
   msi?: MsiSink;
+  /** Maps the display's framebuffer (its memory slot) at `gpa`, or unmaps it. */
+  moveFramebuffer?: (gpa: number | undefined) => void;
+  /**
+   * The vCPU this thread runs (absent on the main thread): its accesses to main-thread devices
+   * go through its request slot.
+   */
+  vcpu?: number;
 }
 
 /** This thread's devices and the dispatcher that routes exits to them. */
@@ -166,6 +295,10 @@ export interface PcDevices {
   pmTimer: PmTimer;
   /** This thread's PCI functions by devfn. */
   pci: Map<number, PciFunction>;
+  /** The display's registers (with `--display bochs`). */
+  display: BochsDisplay | undefined;
+  /** Main thread: the handlers of main-thread devices by id (answering request slots). */
+  mainThread: (MainThreadDevice | undefined)[];
 }
 
 /** Builds this thread's device objects over `state` and a dispatcher over its registry. */
@@ -193,6 +326,15 @@ export function attachPcDevices(state: PcDeviceState, deps: PcDeviceDeps): PcDev
   const pmTimer = new PmTimer(deps.nowNs);
   set("piix4-pm-io", new PmIoBlock(acpiPm, pmTimer));
 
+  let display: BochsDisplay | undefined;
+  if (state.display) {
+    const d = state.display;
+    const vram = new Uint8Array(
+      Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(d.vramAddress)!, d.vramBytes),
+    );
+    display = new BochsDisplay(d.state, { vramBytes: d.vramBytes, vram });
+    set("bochs-mmio", display.mmio);
+  }
   const pirq = new PirqLines(state.pirq, [0, 1, 2, 3].map((n) => deps.irq(PIRQ_GSI_BASE + n)));
   const pci = new Map<number, PciFunction>();
   state.pciSlots.forEach((s, source) => {
@@ -201,6 +343,11 @@ export function attachPcDevices(state: PcDeviceState, deps: PcDeviceDeps): PcDev
       registry,
       intx: p >= 0 ? pirq.line(p, source) : undefined,
       msi: deps.msi,
+      onBarMove: s.devfn === DISPLAY_DEVFN
+        ? (bar, base) => {
+          if (bar === 0) deps.moveFramebuffer?.(base);
+        }
+        : undefined,
       onConfigWrite: s.devfn === PIIX4_PM_DEVFN
         ? (f) => {
           try {
@@ -213,6 +360,15 @@ export function attachPcDevices(state: PcDeviceState, deps: PcDeviceDeps): PcDev
     });
     pci.set(s.devfn, fn);
   });
+  // Main-thread devices: a vCPU thread forwards to them through its request slot.
+  const mainThread: (MainThreadDevice | undefined)[] = [];
+  if (deps.vcpu !== undefined && state.requests) {
+    const { slots, wakeFd } = state.requests;
+    const client = new RequestSlotClient(slots[deps.vcpu]!, () => eventfdSignal(wakeFd));
+    registry.devices.forEach((d, id) => {
+      if (d.thread === "main") handlers[id] = client.proxy(id);
+    });
+  }
   const reset = new ResetPort(state.reset, { power: deps.power });
   set("pci-config", new PciHost(state.pci, { resetControl: reset, functions: pci }));
   return {
@@ -223,5 +379,7 @@ export function attachPcDevices(state: PcDeviceState, deps: PcDeviceDeps): PcDev
     acpiPm,
     pmTimer,
     pci,
+    display,
+    mainThread,
   };
 }

@@ -18,7 +18,8 @@ import type { BootCpuState } from "../machine/page_tables.ts";
 import { SharedPowerControl } from "../machine/power.ts";
 import { getLogger, rateLimited } from "../util/log.ts";
 import { configureLogging } from "./logging.ts";
-import { attachPcDevices, type PcDeviceState } from "./pc_devices.ts";
+import { vmbusOwnsConnection } from "../vmbus/mod.ts";
+import { attachPcDevices, framebufferMover, type PcDeviceState } from "./pc_devices.ts";
 import { attachFirmwareDevices, type FirmwareThreadInit } from "./firmware_devices.ts";
 import { HV_DOORBELL_FIRST, type HyperV } from "../hyperv/mod.ts";
 import {
@@ -26,7 +27,7 @@ import {
   attachVcpuTimers,
   type HvThreadInit,
   type VcpuTimers,
-} from "./enlightenments.ts";
+} from "../hyperv/host/enlightenments.ts";
 import {
   exitIn64BitMode,
   HV_DOORBELL_DEVICE,
@@ -35,7 +36,7 @@ import {
   raiseHypercallUd,
   VcpuHypercallRegs,
   VcpuTlbFlusher,
-} from "./hyperv_host.ts";
+} from "../hyperv/host/hyperv_host.ts";
 
 /** Everything a vCPU thread gets at start (structured-cloneable). */
 export interface VcpuThreadInit {
@@ -151,6 +152,10 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
       serialOutput: serialFd >= 0 ? (bytes) => writeAll(serialFd, bytes) : () => {},
       nowNs: () => clockNs(),
       msi: interrupts,
+      vcpu: init.index,
+      ...(init.devices.display
+        ? { moveFramebuffer: framebufferMover(init.vmFd, init.devices.display) }
+        : {}),
     });
     if (init.firmware) {
       attachFirmwareDevices(init.firmware, {
@@ -178,6 +183,7 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
         flusher: new VcpuTlbFlusher(init.index, controls, flushSelf),
         vp: init.index,
         callerLongMode: () => exitIn64BitMode(vcpu),
+        ownsConnection: vmbusOwnsConnection,
         onCrash: (report) => {
           Deno.stderr.writeSync(
             new TextEncoder().encode(`hyperdeno: guest crash: ${report.summary}\n`),

@@ -39,7 +39,6 @@ import {
   RSDP_ADDR,
   SCI_IRQ,
 } from "../layout.ts";
-import type { GpaRange } from "../memory_map.ts";
 import { buildDsdt, type PciRootOptions } from "./dsdt.ts";
 import {
   ACPI_HEADER,
@@ -62,8 +61,8 @@ import {
 export interface AcpiOptions {
   /** Number of vCPUs (1-255). */
   readonly cpus: number;
-  /** VMBus MMIO windows (`MemoryMap.vmbusMmio`); absent for no VMBus device node. */
-  readonly vmbusMmio?: readonly GpaRange[] | undefined;
+  /** More `\_SB` device nodes as AML, from the layers that own them (VMBus). */
+  readonly devices?: readonly Uint8Array[] | undefined;
   /** COM1 at 0x3F8/IRQ 4 in the DSDT (default true). */
   readonly serial?: boolean;
   /** i8042 at 0x60/0x64/IRQ 1: FADT 8042 flag and a PNP0303 node (default true). */
@@ -191,7 +190,7 @@ export function buildAcpiImage(options: AcpiOptions): AcpiImage {
         : undefined,
       powerButton: options.powerButton ?? true,
       s5SlpTyp: ACPI_S5_SLP_TYP,
-      vmbusMmio: options.vmbusMmio,
+      devices: options.devices,
       pci: options.pci,
     }),
     16,

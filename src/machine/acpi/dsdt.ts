@@ -12,18 +12,13 @@
  *            DWordMemory (32-bit window), QWordMemory (64-bit window) }
  *     _PRT { Package { 0xDDDDFFFF, pin, 0, gsi } ... }  // every slot x INTA-D
  *   }
- *   Device (VMOD) {                                   // only with VMBus
- *     _HID "ACPI0004", _UID 0,
- *     _CRS { DWordMemory (low window), QWordMemory (high window) }
- *     Device (VMBS) { _HID "VMBus", _UID 0, _STA 0x0F, _CRS {} }
- *   }
+ *   ...                                               // `devices` from upper layers
  * }
  * Name (\_S5, Package () { 5, 5, 0, 0 })              // SLP_TYP for soft-off
  * ```
  *
- * VMBus follows Hyper-V generation 2 and Linux's `vmbus_acpi_add()`: the driver matches _HID
- * "VMBus", walks the device's own _CRS (which must exist; it is empty here), then its ancestors'
- * _CRS for Address32/Address64 descriptors, which become the MMIO pool it allocates from.
+ * Devices of upper layers (the VMBus node: `src/vmbus/acpi.ts`) come in as AML terms, so this
+ * layer knows nothing about them.
  * @module
  */
 import {
@@ -39,7 +34,6 @@ import {
   qwordMemory,
   resourceTemplate,
   scope,
-  string,
   wordBusNumber,
   wordIo,
 } from "./aml.ts";
@@ -60,11 +54,9 @@ export interface DsdtOptions {
   readonly s5SlpTyp: number;
   /** The PCI root bridge; absent for none. */
   readonly pci?: PciRootOptions | undefined;
-  /** VMBus MMIO windows (below 4 GiB first); absent for no VMBus node. */
-  readonly vmbusMmio?: readonly GpaRange[] | undefined;
+  /** More `\_SB` devices, as AML, from the layers that own them (the VMBus node). */
+  readonly devices?: readonly Uint8Array[] | undefined;
 }
-
-const FOUR_GIB = 0x1_0000_0000;
 
 /** What the PCI root's `_CRS` and `_PRT` say. */
 export interface PciRootOptions {
@@ -112,25 +104,6 @@ function pciRoot(o: PciRootOptions): Uint8Array {
   );
 }
 
-function vmbusNodes(windows: readonly GpaRange[]): Uint8Array {
-  const ranges = windows.map((w) =>
-    w.gpa + w.size <= FOUR_GIB ? dwordMemory(w.gpa, w.size) : qwordMemory(w.gpa, w.size)
-  );
-  return device(
-    "VMOD",
-    name("_HID", string("ACPI0004")),
-    name("_UID", integer(0)),
-    name("_CRS", resourceTemplate(...ranges)),
-    device(
-      "VMBS",
-      name("_HID", string("VMBus")),
-      name("_UID", integer(0)),
-      name("_STA", integer(0x0f)),
-      name("_CRS", resourceTemplate()),
-    ),
-  );
-}
-
 /** The AML body of the DSDT (without the table header). */
 export function buildDsdtAml(o: DsdtOptions): Uint8Array {
   const sb: Uint8Array[] = [];
@@ -161,7 +134,7 @@ export function buildDsdtAml(o: DsdtOptions): Uint8Array {
     sb.push(device("PWRB", name("_HID", eisaId("PNP0C0C")), name("_UID", integer(0))));
   }
   if (o.pci) sb.push(pciRoot(o.pci));
-  if (o.vmbusMmio && o.vmbusMmio.length > 0) sb.push(vmbusNodes(o.vmbusMmio));
+  for (const d of o.devices ?? []) sb.push(d);
   const s5 = pkg(integer(o.s5SlpTyp), integer(o.s5SlpTyp), integer(0), integer(0));
   return concat(scope("\\_SB", ...sb), name("\\_S5", s5));
 }

@@ -53,8 +53,9 @@ export interface BarSpec {
   readonly size: number;
   readonly prefetchable?: boolean;
   /**
-   * Registry range handle the BAR moves (its device answers the accesses), or -1 for a BAR the
-   * wiring maps itself (a framebuffer memslot: `PciFunctionWiring.onBarMove`).
+   * Registry range handle the BAR moves: its device answers the accesses, or, for a BAR backed
+   * by a memory slot (a framebuffer), a `"kernel"` device that only claims the range while
+   * `PciFunctionWiring.onBarMove` moves the slot.
    */
   readonly handle: number;
 }
@@ -89,7 +90,7 @@ export interface PciFunctionWiring {
   readonly intx?: IrqLine | undefined;
   /** Where MSI writes go (KVM_SIGNAL_MSI). */
   readonly msi?: MsiSink | undefined;
-  /** Called for a BAR with handle -1 when it is mapped at `base` or unmapped (undefined). */
+  /** Called after BAR `bar` was mapped at `base` or unmapped (undefined); lock held. */
   readonly onBarMove?: ((bar: number, base: number | undefined) => void) | undefined;
   /** Called after every config write (lock held), for device-specific registers. */
   readonly onConfigWrite?: ((fn: PciFunction, reg: number, length: number) => void) | undefined;
@@ -359,24 +360,20 @@ export class PciFunction {
     const was = this.barBase(i);
     if (was === base) return;
     let placed = base;
-    if (b.handle >= 0) {
-      try {
-        this.#wiring.registry.move(b.handle, base);
-      } catch (e) {
-        if (!(e instanceof RegistryConflictError)) throw e;
-        this.#limit((n) =>
-          log.warning("BAR{i} of {id} left unmapped: {why} ({n} suppressed)", {
-            i,
-            id: `${this.spec.vendor.toString(16)}:${this.spec.device.toString(16)}`,
-            why: e.message,
-            n,
-          })
-        );
-        this.#wiring.registry.move(b.handle, undefined);
-        placed = undefined;
-      }
-    } else {
-      this.#wiring.onBarMove?.(i, base);
+    try {
+      this.#wiring.registry.move(b.handle, base);
+    } catch (e) {
+      if (!(e instanceof RegistryConflictError)) throw e;
+      this.#limit((n) =>
+        log.warning("BAR{i} of {id} left unmapped: {why} ({n} suppressed)", {
+          i,
+          id: `${this.spec.vendor.toString(16)}:${this.spec.device.toString(16)}`,
+          why: e.message,
+          n,
+        })
+      );
+      this.#wiring.registry.move(b.handle, undefined);
+      placed = undefined;
     }
     if (placed === undefined) {
       Atomics.store(this.#w, W_BAR_MAPPED + i, -1);
@@ -384,5 +381,6 @@ export class PciFunction {
       Atomics.store(this.#w, W_BAR_MAPPED_HI + i, Math.floor(placed / 0x1_0000_0000));
       Atomics.store(this.#w, W_BAR_MAPPED + i, placed % 0x1_0000_0000 | 0);
     }
+    if (placed !== was) this.#wiring.onBarMove?.(i, placed);
   }
 }

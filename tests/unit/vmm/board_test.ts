@@ -1,7 +1,10 @@
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
 import { attachPcDevices, createPcDeviceState } from "../../../src/vmm/pc_devices.ts";
 import { PIRQ_GSI_BASE, PirqLines, pirqOf } from "../../../src/machine/pci/piix.ts";
-import { RegistryConflictError } from "../../../src/machine/registry.ts";
+import { DeviceRegistry, RegistryConflictError } from "../../../src/machine/registry.ts";
+import { createRequestSlot, RequestSlotServer } from "../../../src/machine/main_thread_slot.ts";
+import { EventLoop } from "../../../src/util/event_loop.ts";
+import { close, eventfd, eventfdDrain } from "../../../ffi/libc.ts";
 
 function board(clock = { ns: 0n }) {
   const lines: [number, boolean][] = [];
@@ -119,4 +122,51 @@ Deno.test("board: in-kernel ranges are claimed, so no device can be mapped over 
     () => dev.registry.add("mmio", 0xfee0_0800, 4, dev.registry.deviceId("com1")),
     RegistryConflictError,
   );
+});
+
+Deno.test("board: a main-thread device answers a vCPU thread through its request slot", async () => {
+  const { state } = board();
+  const registry = new DeviceRegistry(state.registry);
+  registry.add("pio", 0x510, 2, registry.addDevice("selector-test", "main"));
+  const wake = eventfd();
+  state.requests = { slots: [createRequestSlot()], wakeFd: wake };
+  const main = attachPcDevices(state, {
+    irq: () => ({ set() {} }),
+    power: { powerOff() {}, reset() {} },
+    serialOutput: () => {},
+    nowNs: () => 0n,
+  });
+  // A device with a selector register and an async data port, as fw_cfg would be.
+  let selected = 0;
+  let pos = 0;
+  main.mainThread[registry.deviceId("selector-test")] = {
+    write(offset, data) {
+      if (offset === 0) [selected, pos] = [data[0]! | (data[1]! << 8), 0];
+    },
+    async read(offset, data) {
+      await Promise.resolve();
+      data[0] = offset === 1 ? (selected + pos++) & 0xff : 0xff;
+    },
+  };
+  const server = new RequestSlotServer(state.requests.slots, main.mainThread);
+  const loop = new EventLoop();
+  loop.add(wake, () => {
+    eventfdDrain(wake);
+    server.serve();
+  });
+  const worker = new Worker(new URL("./board_worker.ts", import.meta.url).href, { type: "module" });
+  const reply = new Promise<{ read: number[] }>((resolve) => {
+    worker.onmessage = (e) => {
+      resolve(e.data);
+      loop.stop();
+    };
+  });
+  worker.postMessage(state);
+  await loop.run();
+  const { read } = await reply;
+  server.close();
+  loop.close();
+  close(wake);
+  worker.terminate();
+  deepStrictEqual(read, [0x19, 0x1a, 0x1b, 0x1c]);
 });

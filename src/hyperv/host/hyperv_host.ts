@@ -4,11 +4,11 @@
  * hypercall registers over the vCPU's sync regs, #UD for refused hypercalls, and the crash sink.
  * @module
  */
-import { C, clockNs } from "../../ffi/libc.ts";
-import { GuestTsc } from "../kvm/tsc.ts";
-import { REG, type Vcpu, VCPU_MODE } from "../kvm/vcpu.ts";
-import { VCPU_REQUEST, type VcpuControl } from "../kvm/vcpu_control.ts";
-import type { DeviceRegistry } from "../machine/registry.ts";
+import { C, clockNs } from "../../../ffi/libc.ts";
+import { GuestTsc } from "../../kvm/tsc.ts";
+import { REG, type Vcpu, VCPU_MODE } from "../../kvm/vcpu.ts";
+import { VCPU_REQUEST, type VcpuControl } from "../../kvm/vcpu_control.ts";
+import type { DeviceRegistry } from "../../machine/registry.ts";
 import {
   type GuestClock,
   HV_DOORBELL_FIRST,
@@ -19,8 +19,8 @@ import {
   type HypercallGpr,
   type HypercallRegs,
   type TlbFlusher,
-} from "../hyperv/mod.ts";
-import { getLogger, rateLimited } from "../util/log.ts";
+} from "../mod.ts";
+import { getLogger, rateLimited } from "../../util/log.ts";
 
 const log = getLogger("hyperv");
 
