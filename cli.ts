@@ -55,6 +55,8 @@ boot options:
   --shutdown-timeout S   seconds the guest gets after SIGTERM/SIGINT             (default: 30)
   --disk SPEC            synthetic SCSI disk (repeatable):
                          path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N]
+                         [,bus=scsi|sata] (sata: a port of the AHCI controller, 00:03.0)
+  --cdrom FILE           read-only ATAPI CD-ROM (an ISO) on the AHCI controller (repeatable)
   --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
   --control PATH         JSON-lines control socket: status, shutdown, reboot, kvp-get, kvp-set,
                          channels, disks, screendump, pci
@@ -96,6 +98,7 @@ export function parseBootArgs(args: string[]): VmConfig {
         "on-crash": { type: "string", default: "poweroff" },
         "shutdown-timeout": { type: "string", default: "30" },
         disk: { type: "string", multiple: true, default: [] },
+        cdrom: { type: "string", multiple: true, default: [] },
         "rtc-offset": { type: "string", default: "0" },
         control: { type: "string" },
         display: { type: "string", default: "none" },
@@ -130,6 +133,10 @@ export function parseBootArgs(args: string[]): VmConfig {
     onCrash: parseOnCrash(v["on-crash"]),
     shutdownTimeoutSeconds: parseSeconds(v["shutdown-timeout"], "--shutdown-timeout"),
     disks: v.disk.map((d) => parseDiskSpec(d)),
+    cdroms: v.cdrom.map((c) => {
+      if (c === "") throw new UsageError("--cdrom needs an ISO file name");
+      return c;
+    }),
     rtcOffsetSeconds: parseSignedSeconds(v["rtc-offset"], "--rtc-offset"),
     logLevel: v["log-level"],
     display: parseDisplay(v.display),

@@ -53,6 +53,7 @@ import {
 } from "./pc_devices.ts";
 import { createFramebuffer, type Framebuffer, screendumper } from "./display.ts";
 import { installAcpi } from "./acpi.ts";
+import { type AhciHost, attachAhci, registerAhci } from "./ahci_host.ts";
 import { type FirmwareHost, type FirmwareThreadInit, installFirmware } from "./firmware_devices.ts";
 import { type ConsoleInput, watchSignals } from "./session.ts";
 import { startVcpuThreads, vcpuFailure } from "./vcpu_threads.ts";
@@ -77,6 +78,8 @@ export interface BootInputs {
   kernel: Uint8Array | undefined;
   /** `--firmware uefi`: flash images and vars file, kept across resets. */
   firmware: FirmwareHost | undefined;
+  /** SATA disks and CD-ROMs for the AHCI controller, kept across resets. */
+  ahci: AhciHost | undefined;
   initrd: Uint8Array | undefined;
   serialFd: number;
   /** Shared CMOS state, kept across resets. */
@@ -174,6 +177,7 @@ function createBoard(
       wakeFd,
     },
   };
+  if (inputs.ahci) registerAhci(state);
   const main = attachPcDevices(state, {
     irq: (gsi) => vm.interrupts.irqLine(gsi),
     power,
@@ -340,6 +344,11 @@ export async function bootOnce(
     const { vm, memory, loop, powerFd, powerState, power } = createVm(kvm, inputs.map, t);
     // 2. Board and devices from the config.
     const board = createBoard(vm, config, inputs, power, t);
+    if (inputs.ahci) {
+      const ahci = attachAhci(board.main, memory, inputs.ahci);
+      // Before guest memory goes: commands may still move data into it.
+      t.add(() => ahci.idle());
+    }
     // 3. vCPUs.
     const vcpus = createVcpus(kvm, vm, config.cpus, t);
     // 4. Hyper-V enlightenments.

@@ -43,6 +43,8 @@ export interface VmConfig {
   onCrash: OnCrash;
   /** Unix socket path for the JSON-lines control socket (`--control`). */
   controlPath?: string;
+  /** `--cdrom` images (read-only ATAPI CD-ROMs on the AHCI controller), in order. */
+  cdroms: string[];
   /** `--disk` specs, in order (LUN = position unless given). */
   disks: DiskSpec[];
   /** Seconds the guest's CMOS clock is off from the host at power-on (`--rtc-offset`). */

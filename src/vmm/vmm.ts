@@ -21,6 +21,7 @@ import { type ControlTarget, serveControl } from "./control.ts";
 import { Rtc } from "../machine/devices/rtc.ts";
 import { bootOnce } from "./builder.ts";
 import { prepareFirmware } from "./firmware_devices.ts";
+import { openAhciDrives } from "./ahci_host.ts";
 import {
   type ConsoleInput,
   enterRawMode,
@@ -89,6 +90,7 @@ export async function runVm(config: VmConfig): Promise<number> {
   }
   // Disks outlive guest resets, like the controller they hang off.
   const scsi = await openScsiController(config);
+  const ahci = await openAhciDrives(config.disks, config.cdroms);
   let controlTarget: ControlTarget | undefined;
   const control = config.controlPath
     ? serveControl(config.controlPath, () => controlTarget)
@@ -111,6 +113,7 @@ export async function runVm(config: VmConfig): Promise<number> {
         map,
         kernel,
         firmware,
+        ahci,
         initrd,
         serialFd,
         cmos,
@@ -160,6 +163,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     if (serialFd > 2) close(serialFd);
     if (syndbg) close(syndbg.fd);
     await scsi?.close();
+    ahci?.close();
   }
 }
 
@@ -184,14 +188,17 @@ function openSyndbg(spec: SyndbgSpec): SyndbgLink & { hypercalls: boolean } {
 async function openScsiController(
   config: VmConfig,
 ): Promise<{ controller: ScsiController; close(): Promise<void> } | undefined> {
-  if (config.disks.length === 0) return undefined;
+  const specs = config.disks.filter((d) => d.bus === "scsi");
+  if (specs.length === 0) return undefined;
   if (!hasFeature(hvFeaturesOf(config), "synic")) {
-    throw new UsageError("--disk needs VMBus, which needs the synic enlightenment (--hv all)");
+    throw new UsageError(
+      "--disk needs VMBus, which needs the synic enlightenment (--hv all); or use bus=sata",
+    );
   }
   const controller = new ScsiController();
   const disks: ScsiDisk[] = [];
   try {
-    for (const [i, spec] of config.disks.entries()) {
+    for (const [i, spec] of specs.entries()) {
       const disk = new ScsiDisk(await openDisk(spec), {
         serial: spec.serial ?? `hyperdeno${i}`,
         readOnly: spec.readOnly,

@@ -124,8 +124,10 @@ export type AhciDrive =
 /** What the controller needs from the machine. */
 export interface AhciDeps {
   readonly memory: AhciMemory;
-  /** The interrupt output: level (INTx) semantics; an MSI wiring fires on each rising edge. */
+  /** The interrupt output with level semantics (INTx). */
   setInterrupt(level: boolean): void;
+  /** Called for every new enabled interrupt event while GHC.IE is set (one MSI each). */
+  pulse?(): void;
 }
 
 /** Per-port counters, for tests and the control socket. */
@@ -493,6 +495,7 @@ export class AhciController implements BusDevice {
   #raise(port: Port, bits: number): void {
     port.is = (port.is | bits) >>> 0;
     this.#updatePortIs(port);
+    if ((this.#ghc & GHC_IE) && (bits & port.ie)) this.#deps.pulse?.();
   }
 
   #updateIrq(): void {
