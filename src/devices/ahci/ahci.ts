@@ -245,6 +245,7 @@ export class AhciController implements BusDevice {
         running: false,
         stats: { commands: 0, errors: 0, bytesRead: 0, bytesWritten: 0 },
       };
+      port.cmd = drive ? CMD_SUD | CMD_POD : 0;
       this.#resetPort(port);
       return port;
     });
@@ -457,16 +458,17 @@ export class AhciController implements BusDevice {
         p.fbu =
           0;
       p.ie = 0;
+      p.is = 0;
       p.sctl = 0;
+      p.cmd = p.drive ? CMD_SUD | CMD_POD : 0;
       this.#resetPort(p);
     }
     this.#updateIrq();
   }
 
+  /** COMRESET (and power-on): the link and the device reset; PxCMD is software's and stays. */
   #resetPort(port: Port): void {
     port.generation++;
-    port.is = 0;
-    port.cmd = port.drive ? CMD_SUD | CMD_POD : 0;
     port.serr = 0;
     port.sact = 0;
     port.ci = 0;

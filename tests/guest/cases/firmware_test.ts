@@ -28,7 +28,7 @@ const haveOvmf = (() => {
 /** Strips the terminal escapes OVMF's console driver emits. */
 function plain(s: string): string {
   // deno-lint-ignore no-control-regex
-  return s.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "").replace(/\r/g, "");
+  return s.replace(/\x1b\[[0-9;?=]*[A-Za-z]/g, "").replace(/\r/g, "");
 }
 
 interface Step {

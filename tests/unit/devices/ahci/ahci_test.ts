@@ -168,6 +168,20 @@ Deno.test("AHCI: capabilities, ports, signatures and the first D2H FIS", () => {
   deepStrictEqual([d2h.count_lo, d2h.lba0, d2h.lba1, d2h.lba2], [1, 1, 0, 0]);
   ok(t.reg(t.port(0) + 0x18) & (1 << 15), "CR");
   ok(t.reg(t.port(0) + 0x18) & (1 << 14), "FR");
+  // COMRESET as Linux's hardreset does it: link down while DET=1, then the signature again,
+  // with FIS receive (software's PxCMD bits) left as they were.
+  t.ram.fill(0, FB, FB + 0x100);
+  t.w(t.port(0) + 0x2c, 1);
+  strictEqual(t.reg(t.port(0) + 0x28), 0, "link down during COMRESET");
+  t.w(t.port(0) + 0x2c, 0);
+  strictEqual(t.reg(t.port(0) + 0x28), 0x113);
+  strictEqual(FIS_D2H.get(t.ram, FB + 0x40, "type"), 0x34, "signature FIS posted again");
+  ok(t.reg(t.port(0) + 0x18) & (1 << 4), "FRE kept");
+  // HBA reset: self-clearing, ports back to spin-up/power-on with interrupts masked.
+  t.w(0x04, 0x8000_0001);
+  strictEqual(t.reg(0x04) >>> 0, 0x8000_0000);
+  strictEqual(t.reg(t.port(0) + 0x18), 0x6);
+  strictEqual(t.reg(t.port(0) + 0x14), 0);
 });
 
 Deno.test("AHCI disk: IDENTIFY, DMA write then read across odd PRDs, FLUSH, NCQ", async () => {
