@@ -76,6 +76,26 @@ Examples:
   deno run -A cli.ts doctor
 `;
 
+/**
+ * The order of AHCI drives on the command line (`--disk …,bus=sata` and `--cdrom`): their
+ * ports, and so the firmware's boot order, follow it.
+ */
+function sataOrderOf(args: readonly string[]): ("disk" | "cdrom")[] {
+  const out: ("disk" | "cdrom")[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === "--") break;
+    const [flag, inline] = a.includes("=") && a.startsWith("--")
+      ? [a.slice(0, a.indexOf("=")), a.slice(a.indexOf("=") + 1)]
+      : [a, undefined];
+    if (flag !== "--disk" && flag !== "--cdrom") continue;
+    const value = inline ?? args[++i] ?? "";
+    if (flag === "--cdrom") out.push("cdrom");
+    else if (/(^|,)bus=sata(,|$)/.test(value)) out.push("disk");
+  }
+  return out;
+}
+
 /** Parses `boot` arguments into a VmConfig; throws UsageError on any bad input. */
 export function parseBootArgs(args: string[]): VmConfig {
   let parsed;
@@ -137,6 +157,7 @@ export function parseBootArgs(args: string[]): VmConfig {
       if (c === "") throw new UsageError("--cdrom needs an ISO file name");
       return c;
     }),
+    sataOrder: sataOrderOf(args),
     rtcOffsetSeconds: parseSignedSeconds(v["rtc-offset"], "--rtc-offset"),
     logLevel: v["log-level"],
     display: parseDisplay(v.display),

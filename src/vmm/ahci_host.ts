@@ -35,10 +35,14 @@ export interface AhciHost {
   close(): void;
 }
 
-/** Opens the SATA disks and CD images, in command-line order (undefined when there are none). */
+/**
+ * Opens the SATA disks and CD images and puts them on ports in command-line `order` (default:
+ * disks, then CD-ROMs); undefined when there are none.
+ */
 export async function openAhciDrives(
   disks: readonly DiskSpec[],
   cdroms: readonly string[],
+  order?: readonly ("disk" | "cdrom")[],
 ): Promise<AhciHost | undefined> {
   const sata = disks.filter((d) => d.bus === "sata");
   if (sata.length + cdroms.length === 0) return undefined;
@@ -81,7 +85,25 @@ export async function openAhciDrives(
     for (const b of backends) b.close();
     throw e;
   }
-  return { drives, close: () => backends.forEach((b) => b.close()) };
+  // Interleave as on the command line: the i-th "disk" is the i-th SATA disk, and so on.
+  const wanted = order && order.length === drives.length
+    ? order
+    : [...sata.map(() => "disk" as const), ...cdroms.map(() => "cdrom" as const)];
+  const queues = {
+    disk: drives.filter((d) => d.kind === "disk"),
+    cdrom: drives.filter((d) => d.kind === "cdrom"),
+  };
+  const ordered = wanted.map((k) => queues[k].shift()!);
+  return { drives: ordered, close: () => backends.forEach((b) => b.close()) };
+}
+
+/**
+ * The firmware's boot order for `host`'s ports: OpenFirmware paths as QEMU writes them for an
+ * ICH9 AHCI controller, which OVMF's QemuBootOrderLib turns into `Sata(port,0xFFFF,0)`.
+ */
+export function ahciBootOrder(host: AhciHost): string[] {
+  const slot = (AHCI_DEVFN >> 3).toString(16);
+  return host.drives.map((_, port) => `/pci@i0cf8/pci8086,2922@${slot}/drive@${port}/disk@0`);
 }
 
 /** Registers the ABAR and the PCI function on the board (before any thread attaches). */

@@ -53,7 +53,7 @@ import {
 } from "./pc_devices.ts";
 import { createFramebuffer, type Framebuffer, screendumper } from "./display.ts";
 import { installAcpi } from "./acpi.ts";
-import { type AhciHost, attachAhci, registerAhci } from "./ahci_host.ts";
+import { ahciBootOrder, type AhciHost, attachAhci, registerAhci } from "./ahci_host.ts";
 import { type FirmwareHost, type FirmwareThreadInit, installFirmware } from "./firmware_devices.ts";
 import { type ConsoleInput, watchSignals } from "./session.ts";
 import { startVcpuThreads, vcpuFailure } from "./vcpu_threads.ts";
@@ -312,6 +312,7 @@ function loadPayload(
       cpus: config.cpus,
       map: inputs.map,
       vmbus: withVmbus,
+      ...(inputs.ahci ? { bootOrder: ahciBootOrder(inputs.ahci) } : {}),
     });
     return { boot: undefined, firmware };
   }

@@ -45,6 +45,8 @@ export interface VmConfig {
   controlPath?: string;
   /** `--cdrom` images (read-only ATAPI CD-ROMs on the AHCI controller), in order. */
   cdroms: string[];
+  /** SATA disks and CD-ROMs in command-line order: AHCI port i takes the i-th (boot order). */
+  sataOrder?: ("disk" | "cdrom")[];
   /** `--disk` specs, in order (LUN = position unless given). */
   disks: DiskSpec[];
   /** Seconds the guest's CMOS clock is off from the host at power-on (`--rtc-offset`). */

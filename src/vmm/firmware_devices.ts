@@ -120,7 +120,7 @@ export function installFirmware(
   vm: Vm,
   registry: DeviceRegistry,
   fw: FirmwareHost,
-  machine: { cpus: number; map: MemoryMap; vmbus: boolean },
+  machine: { cpus: number; map: MemoryMap; vmbus: boolean; bootOrder?: readonly string[] },
 ): FirmwareThreadInit {
   const { layout } = fw.loaded;
   vm.addSlot(layout.codeGpa, layout.codeSize, fw.codeHost, { readOnly: true });
@@ -138,6 +138,7 @@ export function installFirmware(
     map: machine.map,
     acpi: machineAcpiOptions(machine),
     uuid: fw.uuid,
+    ...(machine.bootOrder ? { bootOrder: machine.bootOrder } : {}),
   });
   return {
     fwCfg,

@@ -90,7 +90,7 @@ export async function runVm(config: VmConfig): Promise<number> {
   }
   // Disks outlive guest resets, like the controller they hang off.
   const scsi = await openScsiController(config);
-  const ahci = await openAhciDrives(config.disks, config.cdroms);
+  const ahci = await openAhciDrives(config.disks, config.cdroms, config.sataOrder);
   let controlTarget: ControlTarget | undefined;
   const control = config.controlPath
     ? serveControl(config.controlPath, () => controlTarget)

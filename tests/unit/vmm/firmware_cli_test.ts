@@ -130,3 +130,43 @@ Deno.test("a bad --firmware-code is one line on stderr and exit status 2", async
   assert.equal(err.split("\n").length, 1, err);
   assert.match(err, /^hyperdeno: UEFI firmware \/nonexistent\/code\.fd not found/);
 });
+
+Deno.test("--cdrom and SATA disks keep their command-line order (ports, boot order)", async () => {
+  const c = parseBootArgs([
+    "--firmware",
+    "uefi",
+    "--disk",
+    "scsi.img",
+    "--cdrom=a.iso",
+    "--disk",
+    "path=b.img,bus=sata",
+  ]);
+  assert.deepEqual(c.cdroms, ["a.iso"]);
+  assert.deepEqual(c.sataOrder, ["cdrom", "disk"]);
+  const dir = Deno.makeTempDirSync();
+  try {
+    Deno.writeFileSync(`${dir}/a.iso`, new Uint8Array(2048 * 16));
+    Deno.writeFileSync(`${dir}/b.img`, new Uint8Array(1 << 20));
+    const { openAhciDrives, ahciBootOrder } = await import("../../../src/vmm/ahci_host.ts");
+    const { parseDiskSpec } = await import("../../../src/devices/storage/backend/disk_spec.ts");
+    const host = (await openAhciDrives(
+      [parseDiskSpec(`path=${dir}/b.img,bus=sata`)],
+      [`${dir}/a.iso`],
+      c.sataOrder,
+    ))!;
+    assert.deepEqual(host.drives.map((d) => d.kind), ["cdrom", "disk"]);
+    assert.deepEqual(ahciBootOrder(host), [
+      "/pci@i0cf8/pci8086,2922@3/drive@0/disk@0",
+      "/pci@i0cf8/pci8086,2922@3/drive@1/disk@0",
+    ]);
+    host.close();
+    usage(() => parseBootArgs(["--kernel", "k", "--cdrom", ""]), /--cdrom needs an ISO/);
+    await assert.rejects(
+      () => openAhciDrives([], [`${dir}/missing.iso`]),
+      (e: unknown) =>
+        e instanceof UsageError && /--cdrom .*missing\.iso: file not found/.test(e.message),
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
