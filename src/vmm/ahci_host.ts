@@ -22,6 +22,10 @@ import { PciFunction } from "../machine/pci/function.ts";
 import { DeviceRegistry } from "../machine/registry.ts";
 import { UsageError } from "../util/errors.ts";
 import type { PcDevices, PcDeviceState } from "./pc_devices.ts";
+import { getLogger, rateLimited } from "../util/log.ts";
+
+const log = getLogger("dev", "ahci");
+const traced = rateLimited(200, 1000);
 
 /** PCI slot of the AHCI controller (00:03.0, where OVMF's QEMU reference runs had it). */
 export const AHCI_DEVFN = 0x18;
@@ -154,7 +158,35 @@ export function attachAhci(
     pulse: () => {
       if (fn.msiEnabled) fn.signalMsi(0);
     },
+    trace: (port, command, packet, tfd, bytes) =>
+      traced(() =>
+        log.debug("ahci port {port}: command {cmd}{pkt} -> status {tfd}, {bytes} bytes", {
+          port,
+          cmd: "0x" + command.toString(16),
+          pkt: packet === undefined ? "" : ` (cdb 0x${packet.toString(16)})`,
+          tfd: "0x" + tfd.toString(16),
+          bytes,
+        })
+      ),
   });
   main.mainThread[main.registry.deviceId(AHCI_DEVICE)] = controller;
   return controller;
+}
+
+/** Logs each port's command counts (at the end of a boot). */
+export function logAhciStats(controller: AhciController, host: AhciHost): void {
+  host.drives.forEach((d, i) => {
+    const s = controller.stats(i);
+    log.info(
+      "ahci port {i} ({kind}): {commands} commands, {errors} errors, {read} B read, {written} B written",
+      {
+        i,
+        kind: d.kind,
+        commands: s.commands,
+        errors: s.errors,
+        read: s.bytesRead,
+        written: s.bytesWritten,
+      },
+    );
+  });
 }

@@ -53,7 +53,13 @@ import {
 } from "./pc_devices.ts";
 import { createFramebuffer, type Framebuffer, screendumper } from "./display.ts";
 import { installAcpi } from "./acpi.ts";
-import { ahciBootOrder, type AhciHost, attachAhci, registerAhci } from "./ahci_host.ts";
+import {
+  ahciBootOrder,
+  type AhciHost,
+  attachAhci,
+  logAhciStats,
+  registerAhci,
+} from "./ahci_host.ts";
 import { type FirmwareHost, type FirmwareThreadInit, installFirmware } from "./firmware_devices.ts";
 import { type ConsoleInput, watchSignals } from "./session.ts";
 import { startVcpuThreads, vcpuFailure } from "./vcpu_threads.ts";
@@ -348,7 +354,10 @@ export async function bootOnce(
     if (inputs.ahci) {
       const ahci = attachAhci(board.main, memory, inputs.ahci);
       // Before guest memory goes: commands may still move data into it.
-      t.add(() => ahci.idle());
+      t.add(async () => {
+        await ahci.idle();
+        logAhciStats(ahci, inputs.ahci!);
+      });
     }
     // 3. vCPUs.
     const vcpus = createVcpus(kvm, vm, config.cpus, t);

@@ -128,6 +128,14 @@ export interface AhciDeps {
   setInterrupt(level: boolean): void;
   /** Called for every new enabled interrupt event while GHC.IE is set (one MSI each). */
   pulse?(): void;
+  /** Called after each command with its opcode (ATAPI: 0xA0 and the CDB's first byte). */
+  trace?(
+    port: number,
+    command: number,
+    packet: number | undefined,
+    status: number,
+    bytes: number,
+  ): void;
 }
 
 /** Per-port counters, for tests and the control socket. */
@@ -671,6 +679,13 @@ export class AhciController implements BusDevice {
       port.tfd = STATUS_OK;
     }
     const r = await this.#execute(port, cfis, table.subarray(CT_ACMD, CT_ACMD + 16), sg, flags);
+    this.#deps.trace?.(
+      port.index,
+      command,
+      command === AtaCmd.PACKET ? table[CT_ACMD]! : undefined,
+      (r.error << 8) | r.status,
+      r.transferred,
+    );
     if (port.generation !== generation) return;
     COMMAND_HEADER.set(header, 0, "prdbc", r.transferred);
     if (interruptOnPrd && r.transferred > 0) port.is |= IS_DPS;
