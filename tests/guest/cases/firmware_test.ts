@@ -5,7 +5,7 @@
  * drives as a user would:
  *
  * 1. First VMM run: BdsDxe starts the shell; `smbiosview -t 1` shows our UUID and maker (SMBIOS
- *    through fw_cfg); `acpiview -l` lists FACP/APIC/DSDT/FACS (ACPI through the table-loader);
+ *    through fw_cfg); `dmem` shows an ACPI 2.0 table (ACPI through the table-loader);
  *    `set HDMVAR …` stores a non-volatile shell variable (a UEFI variable, written through the
  *    flash); `reset` reboots the guest and the shell still sees the variable; SIGTERM ends it.
  * 2. The vars file now differs from the template and holds the variable's name.
@@ -110,7 +110,7 @@ Deno.test({
       { until: /BdsDxe: (loading|starting) Boot[0-9A-F]{4} "EFI Internal Shell"/ },
       { until: /Press ESC in \d+ seconds|Shell>/, send: "\x1b" },
       { until: SHELL, send: "smbiosview -t 1\r" },
-      { until: SHELL, send: "acpiview -l\r" },
+      { until: SHELL, send: "dmem\r" },
       { until: SHELL, send: "set HDMVAR persisted-42\r" },
       { until: SHELL, send: "reset\r" },
       { until: /BdsDxe: (loading|starting) Boot[0-9A-F]{4} "EFI Internal Shell"/ },
@@ -123,10 +123,10 @@ Deno.test({
     }`;
     console.log(`run 1 step times (s): ${run1.seen.map((s) => s.seconds.toFixed(1)).join(" ")}`);
     assert.equal(run1.stepsDone, 10, `run 1 stopped at step ${run1.stepsDone}${ctx}`);
-    assert.match(run1.console, /hyperdeno/, `SMBIOS type 1 maker${ctx}`);
-    for (const t of ["FACP", "APIC", "DSDT", "FACS"]) {
-      assert.match(run1.console, new RegExp(t), `acpiview lists ${t}${ctx}`);
-    }
+    assert.match(run1.console, /Manufacturer: hyperdeno/, `SMBIOS type 1 maker${ctx}`);
+    assert.match(run1.console, /ProductName: hyperdeno PC \(i440FX \+ PIIX\)/, ctx);
+    // The firmware installed ACPI (from the table-loader: OVMF has no tables of its own here).
+    assert.match(run1.console, /ACPI 2\.0 Table\s*:?\s*0*[1-9A-F][0-9A-F]*/i, `dmem: ACPI${ctx}`);
     assert.match(run1.console, /HDMVAR\s*=\s*persisted-42/, ctx);
 
     const after = await Deno.readFile(vars);
