@@ -18,6 +18,7 @@ import {
   type VmConfig,
 } from "./src/vmm/config.ts";
 import { parseDiskSpec } from "./src/devices/storage/backend/disk_spec.ts";
+import { parseFirmwareOptions } from "./src/vmm/firmware.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
 /** Version printed by `--version`. */
@@ -28,12 +29,17 @@ const HELP =
 
 Usage:
   hyperdeno boot --kernel PATH [options]   boot a Linux bzImage
+  hyperdeno boot --firmware uefi [options] boot UEFI firmware (OVMF) from flash
   hyperdeno create-disk FILE SIZE [--format raw|qcow2]   make a disk image
   hyperdeno doctor                         what this host's /dev/kvm can do
   hyperdeno --help | --version
 
 boot options:
-  --kernel PATH          Linux bzImage (64-bit boot protocol 2.12+)            (required)
+  --kernel PATH          Linux bzImage (64-bit boot protocol 2.12+)   (required without --firmware)
+  --firmware KIND        uefi: boot Debian's OVMF instead of a kernel | none     (default: none)
+  --firmware-code PATH   UEFI code image          (default: /usr/share/OVMF/OVMF_CODE_4M.fd)
+  --efi-vars FILE        this VM's UEFI variable store; created from OVMF_VARS_4M.fd if absent,
+                         never shared (default: a fresh store kept only for this run)
   --initrd PATH          initramfs / initrd image
   --cmdline STR          kernel command line        (default: "console=ttyS0 panic=-1")
   --memory SIZE          guest RAM, e.g. 512M, 2G (no unit = MiB)                (default: 512M)
@@ -49,6 +55,8 @@ boot options:
   --shutdown-timeout S   seconds the guest gets after SIGTERM/SIGINT             (default: 30)
   --disk SPEC            synthetic SCSI disk (repeatable):
                          path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N]
+                         [,bus=scsi|sata] (sata: a port of the AHCI controller, 00:03.0)
+  --cdrom FILE           read-only ATAPI CD-ROM (an ISO) on the AHCI controller (repeatable)
   --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
   --control PATH         JSON-lines control socket: status, shutdown, reboot, kvp-get, kvp-set,
                          channels, disks, screendump, pci
@@ -69,6 +77,26 @@ Examples:
   deno run -A cli.ts boot --kernel bzImage --memory 2G --serial file=console.log --no-reboot
   deno run -A cli.ts doctor
 `;
+
+/**
+ * The order of AHCI drives on the command line (`--disk …,bus=sata` and `--cdrom`): their
+ * ports, and so the firmware's boot order, follow it.
+ */
+function sataOrderOf(args: readonly string[]): ("disk" | "cdrom")[] {
+  const out: ("disk" | "cdrom")[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === "--") break;
+    const [flag, inline] = a.includes("=") && a.startsWith("--")
+      ? [a.slice(0, a.indexOf("=")), a.slice(a.indexOf("=") + 1)]
+      : [a, undefined];
+    if (flag !== "--disk" && flag !== "--cdrom") continue;
+    const value = inline ?? args[++i] ?? "";
+    if (flag === "--cdrom") out.push("cdrom");
+    else if (/(^|,)bus=sata(,|$)/.test(value)) out.push("disk");
+  }
+  return out;
+}
 
 /** Parses `boot` arguments into a VmConfig; throws UsageError on any bad input. */
 export function parseBootArgs(args: string[]): VmConfig {
@@ -92,24 +120,31 @@ export function parseBootArgs(args: string[]): VmConfig {
         "on-crash": { type: "string", default: "poweroff" },
         "shutdown-timeout": { type: "string", default: "30" },
         disk: { type: "string", multiple: true, default: [] },
+        cdrom: { type: "string", multiple: true, default: [] },
         "rtc-offset": { type: "string", default: "0" },
         control: { type: "string" },
         display: { type: "string", default: "none" },
         "log-level": { type: "string", default: "warning" },
+        firmware: { type: "string" },
+        "firmware-code": { type: "string" },
+        "efi-vars": { type: "string" },
       },
     });
   } catch (e) {
     throw new UsageError(`boot: ${(e as Error).message}`);
   }
   const v = parsed.values;
-  if (!v.kernel) throw new UsageError("boot: --kernel PATH is required (see --help)");
+  const firmware = parseFirmwareOptions(
+    { firmware: v.firmware, firmwareCode: v["firmware-code"], efiVars: v["efi-vars"] },
+    v.kernel !== undefined,
+  );
   if (!["error", "warning", "info", "debug"].includes(v["log-level"])) {
     throw new UsageError(
       `--log-level: '${v["log-level"]}' is not one of error, warning, info, debug`,
     );
   }
   const config: VmConfig = {
-    kernelPath: v.kernel,
+    kernelPath: v.kernel ?? "",
     cmdline: v.cmdline,
     memoryBytes: parseSize(v.memory, "--memory"),
     cpus: parseCpus(v.cpus),
@@ -120,11 +155,20 @@ export function parseBootArgs(args: string[]): VmConfig {
     onCrash: parseOnCrash(v["on-crash"]),
     shutdownTimeoutSeconds: parseSeconds(v["shutdown-timeout"], "--shutdown-timeout"),
     disks: v.disk.map((d) => parseDiskSpec(d)),
+    cdroms: v.cdrom.map((c) => {
+      if (c === "") throw new UsageError("--cdrom needs an ISO file name");
+      return c;
+    }),
+    sataOrder: sataOrderOf(args),
     rtcOffsetSeconds: parseSignedSeconds(v["rtc-offset"], "--rtc-offset"),
     logLevel: v["log-level"],
     display: parseDisplay(v.display),
   };
-  if (v.initrd !== undefined) config.initrdPath = v.initrd;
+  if (firmware) config.firmware = firmware;
+  if (v.initrd !== undefined) {
+    if (firmware) throw new UsageError("--initrd goes with --kernel, not --firmware uefi");
+    config.initrdPath = v.initrd;
+  }
   if (v.control !== undefined) config.controlPath = v.control;
   if (v.syndbg !== undefined) config.syndbg = parseSyndbg(v.syndbg);
   hvFeaturesOf(config); // a bad --hv list (or --syndbg mismatch) fails here, before any file is read

@@ -26,6 +26,7 @@ const SYMBOLS = {
   pread: { name: "pread64", parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   pwrite: { name: "pwrite64", parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   fdatasync: { parameters: ["i32"], result: "i32" },
+  flock: { parameters: ["i32", "i32"], result: "i32" }, // int flock(int fd, int operation)
   // Disk I/O off the event loop (storage backends): Promise-returning, errno not available.
   pread_async: {
     name: "pread64",
@@ -120,6 +121,9 @@ export const C = {
   O_CLOEXEC: 0o2000000,
   O_DIRECT: 0o40000,
   O_NONBLOCK: 0o4000,
+  LOCK_EX: 2,
+  LOCK_NB: 4,
+  LOCK_UN: 8,
   PROT_NONE: 0,
   PROT_READ: 1,
   PROT_WRITE: 2,

@@ -203,7 +203,9 @@ export class DeviceRegistry {
       const space = this.#space(r);
       const length = this.#length(r);
       if (base !== undefined) {
-        if (base === this.#base(r)) return;
+        // Already mapped there: nothing to do. (An unmapped range keeps its old base, so a BAR
+        // whose decode goes off and on again at the same address must still be mapped.)
+        if (w[r + R_MAPPED] === 1 && base === this.#base(r)) return;
         this.#checkRange(space, base, length, this.#devices[w[r + R_DEVICE]!]!.name);
         this.#refuseOverlap(space, base, length, handle, w[r + R_DEVICE]!);
       } else if (w[r + R_MAPPED] === 0) return;

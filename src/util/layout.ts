@@ -5,8 +5,21 @@
  * @module
  */
 
-/** Field kinds: little-endian integers (u64/i64 as bigint) or a fixed run of bytes. */
-export type FieldType = "u8" | "u16" | "u32" | "i32" | "u64" | "i64" | { bytes: number };
+/**
+ * Field kinds: little-endian integers (u64/i64 as bigint), big-endian integers (`…be`, for the
+ * few wire formats that are big-endian, such as QEMU's fw_cfg) or a fixed run of bytes.
+ */
+export type FieldType =
+  | "u8"
+  | "u16"
+  | "u32"
+  | "i32"
+  | "u64"
+  | "i64"
+  | "u16be"
+  | "u32be"
+  | "u64be"
+  | { bytes: number };
 
 /** A field: byte offset within the struct and its kind. */
 export interface FieldSpec {
@@ -14,7 +27,7 @@ export interface FieldSpec {
   readonly type: FieldType;
 }
 
-type FieldValue<T extends FieldType> = T extends "u64" | "i64" ? bigint
+type FieldValue<T extends FieldType> = T extends "u64" | "i64" | "u64be" ? bigint
   : T extends { bytes: number } ? Uint8Array
   : number;
 
@@ -28,12 +41,15 @@ function widthOf(t: FieldType): number {
     case "u8":
       return 1;
     case "u16":
+    case "u16be":
       return 2;
     case "u32":
     case "i32":
+    case "u32be":
       return 4;
     case "u64":
     case "i64":
+    case "u64be":
       return 8;
     default:
       return t.bytes;
@@ -132,6 +148,12 @@ function readField(dv: DataView, at: number, t: FieldType): number | bigint | Ui
       return dv.getBigUint64(at, true);
     case "i64":
       return dv.getBigInt64(at, true);
+    case "u16be":
+      return dv.getUint16(at, false);
+    case "u32be":
+      return dv.getUint32(at, false);
+    case "u64be":
+      return dv.getBigUint64(at, false);
     default:
       if (at + t.bytes > dv.byteLength) throw new RangeError("field past end of buffer");
       return new Uint8Array(dv.buffer, dv.byteOffset + at, t.bytes).slice();
@@ -157,6 +179,15 @@ function writeField(dv: DataView, at: number, t: FieldType, v: unknown): void {
       return;
     case "i64":
       dv.setBigInt64(at, BigInt.asIntN(64, v as bigint), true);
+      return;
+    case "u16be":
+      dv.setUint16(at, v as number, false);
+      return;
+    case "u32be":
+      dv.setUint32(at, (v as number) >>> 0, false);
+      return;
+    case "u64be":
+      dv.setBigUint64(at, BigInt.asUintN(64, v as bigint), false);
       return;
     default: {
       const src = v as Uint8Array;

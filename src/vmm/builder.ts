@@ -6,7 +6,8 @@
  * 3. `createVcpus`        vCPU fds (their threads start in step 8)
  * 4. `setupHyperV`        the enlightenments: CPUID, MSR routing, shared partition state
  * 5. `attachVmbus`        the VMBus host and its devices (ICs, storage, ...)
- * 6. `loadPayload`        ACPI tables, then the kernel, initrd and boot tables
+ * 6. `loadPayload`        ACPI tables, then the kernel, initrd and boot tables (or the
+ *                         firmware's flash and fw_cfg)
  * 7. `publishControl`     what the control socket can reach in this boot
  * 8. `startVcpus` + wait  one Worker per vCPU, then wait for power-off, reset or failure
  *
@@ -52,6 +53,14 @@ import {
 } from "./pc_devices.ts";
 import { createFramebuffer, type Framebuffer, screendumper } from "./display.ts";
 import { installAcpi } from "./acpi.ts";
+import {
+  ahciBootOrder,
+  type AhciHost,
+  attachAhci,
+  logAhciStats,
+  registerAhci,
+} from "./ahci_host.ts";
+import { type FirmwareHost, type FirmwareThreadInit, installFirmware } from "./firmware_devices.ts";
 import { type ConsoleInput, watchSignals } from "./session.ts";
 import { startVcpuThreads, vcpuFailure } from "./vcpu_threads.ts";
 import { createRequestSlot, RequestSlotServer } from "../machine/main_thread_slot.ts";
@@ -71,7 +80,12 @@ export interface BootInputs {
   /** Doorbell ids bound to eventfds (`doorbellEventfdsFromEnv`). */
   doorbellEventfds: number;
   map: MemoryMap;
-  kernel: Uint8Array;
+  /** The bzImage for direct boot; undefined with firmware. */
+  kernel: Uint8Array | undefined;
+  /** `--firmware uefi`: flash images and vars file, kept across resets. */
+  firmware: FirmwareHost | undefined;
+  /** SATA disks and CD-ROMs for the AHCI controller, kept across resets. */
+  ahci: AhciHost | undefined;
   initrd: Uint8Array | undefined;
   serialFd: number;
   /** Shared CMOS state, kept across resets. */
@@ -169,6 +183,7 @@ function createBoard(
       wakeFd,
     },
   };
+  if (inputs.ahci) registerAhci(state);
   const main = attachPcDevices(state, {
     irq: (gsi) => vm.interrupts.irqLine(gsi),
     power,
@@ -286,16 +301,30 @@ function attachVmbus(
   return { server, ics, doorbells };
 }
 
-/** Step 6: ACPI tables first (the kernel gets their address), then the Linux boot payload. */
+/**
+ * Step 6: ACPI tables first (the kernel gets their address), then the Linux boot payload. With
+ * firmware: the flash and fw_cfg instead (ACPI through its loader), vCPUs at the reset vector.
+ */
 function loadPayload(
+  vm: Vm,
   memory: GuestMemory,
+  board: PcDevices,
   config: VmConfig,
   inputs: BootInputs,
   withVmbus: boolean,
-): LinuxBoot {
+): { boot: LinuxBoot | undefined; firmware: FirmwareThreadInit | undefined } {
+  if (inputs.firmware) {
+    const firmware = installFirmware(vm, board.registry, inputs.firmware, {
+      cpus: config.cpus,
+      map: inputs.map,
+      vmbus: withVmbus,
+      ...(inputs.ahci ? { bootOrder: ahciBootOrder(inputs.ahci) } : {}),
+    });
+    return { boot: undefined, firmware };
+  }
   const rsdp = installAcpi(memory, { cpus: config.cpus, map: inputs.map, vmbus: withVmbus });
   const boot = loadLinux(memory, {
-    kernel: inputs.kernel,
+    kernel: inputs.kernel!,
     kernelName: config.kernelPath,
     initrd: inputs.initrd,
     cmdline: config.cmdline,
@@ -307,7 +336,7 @@ function loadPayload(
     load: "0x" + boot.loadAddress.toString(16),
     entry: "0x" + boot.entry.toString(16),
   });
-  return boot;
+  return { boot, firmware: undefined };
 }
 
 /** Builds the VM for one boot, runs it until it ends, tears it down; returns how it ended. */
@@ -322,6 +351,14 @@ export async function bootOnce(
     const { vm, memory, loop, powerFd, powerState, power } = createVm(kvm, inputs.map, t);
     // 2. Board and devices from the config.
     const board = createBoard(vm, config, inputs, power, t);
+    if (inputs.ahci) {
+      const ahci = attachAhci(board.main, memory, inputs.ahci);
+      // Before guest memory goes: commands may still move data into it.
+      t.add(async () => {
+        await ahci.idle();
+        logAhciStats(ahci, inputs.ahci!);
+      });
+    }
     // 3. vCPUs.
     const vcpus = createVcpus(kvm, vm, config.cpus, t);
     // 4. Hyper-V enlightenments.
@@ -340,7 +377,14 @@ export async function bootOnce(
       ? attachVmbus(vm, memory, hv, { config, inputs, loop, ref: vmbusRef }, t)
       : undefined;
     // 6. ACPI and the boot payload.
-    const boot = loadPayload(memory, config, inputs, vmbus !== undefined);
+    const { boot, firmware } = loadPayload(
+      vm,
+      memory,
+      board.main,
+      config,
+      inputs,
+      vmbus !== undefined,
+    );
     // 7. The control socket's view.
     const exitCounters = Array.from({ length: config.cpus }, () => ExitCounters.createState());
     inputs.publish({
@@ -363,6 +407,7 @@ export async function bootOnce(
       vcpus,
       cpuid: enlightenments.cpuid,
       boot,
+      firmware,
       hv: enlightenments.init,
       devices: board.state,
       power: powerState,

@@ -6,6 +6,7 @@
 import { UsageError } from "../util/errors.ts";
 import type { DiskSpec } from "../devices/storage/mod.ts";
 import { type HvFeatures, parseHvFeatures } from "../hyperv/features.ts";
+import type { FirmwareSpec } from "./firmware.ts";
 
 /** Where COM1 output goes. */
 export type SerialSpec = { kind: "stdio" } | { kind: "file"; path: string } | { kind: "none" };
@@ -24,7 +25,10 @@ export type OnCrash = "poweroff" | "pause" | "reset";
 
 /** Everything needed to build and run one VM. */
 export interface VmConfig {
+  /** Linux bzImage for direct boot; empty when `firmware` is given. */
   kernelPath: string;
+  /** `--firmware uefi`: boot OVMF from flash instead of a kernel. */
+  firmware?: FirmwareSpec;
   initrdPath?: string;
   cmdline: string;
   memoryBytes: number;
@@ -39,6 +43,10 @@ export interface VmConfig {
   onCrash: OnCrash;
   /** Unix socket path for the JSON-lines control socket (`--control`). */
   controlPath?: string;
+  /** `--cdrom` images (read-only ATAPI CD-ROMs on the AHCI controller), in order. */
+  cdroms: string[];
+  /** SATA disks and CD-ROMs in command-line order: AHCI port i takes the i-th (boot order). */
+  sataOrder?: ("disk" | "cdrom")[];
   /** `--disk` specs, in order (LUN = position unless given). */
   disks: DiskSpec[];
   /** Seconds the guest's CMOS clock is off from the host at power-on (`--rtc-offset`). */

@@ -20,6 +20,7 @@ import { getLogger, rateLimited } from "../util/log.ts";
 import { configureLogging } from "./logging.ts";
 import { vmbusOwnsConnection } from "../vmbus/mod.ts";
 import { attachPcDevices, framebufferMover, type PcDeviceState } from "./pc_devices.ts";
+import { attachFirmwareDevices, type FirmwareThreadInit } from "./firmware_devices.ts";
 import { HV_DOORBELL_FIRST, type HyperV } from "../hyperv/mod.ts";
 import {
   attachEnlightenments,
@@ -54,6 +55,8 @@ export interface VcpuThreadInit {
   /** Hyper-V enlightenments; undefined with `--hv none`. */
   hv: HvThreadInit | undefined;
   devices: PcDeviceState;
+  /** Flash and fw_cfg for `--firmware uefi`; undefined for direct boot. */
+  firmware?: FirmwareThreadInit | undefined;
   power: SharedArrayBuffer;
   powerEventfd: number;
   /** Where COM1 output goes (-1: nowhere). */
@@ -154,6 +157,14 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
         ? { moveFramebuffer: framebufferMover(init.vmFd, init.devices.display) }
         : {}),
     });
+    if (init.firmware) {
+      attachFirmwareDevices(init.firmware, {
+        registry: devices.registry,
+        handlers: devices.handlers,
+        memory: guestMemoryFrom(init.ram),
+        vmFd: init.vmFd,
+      });
+    }
     const unhandled = rateLimited();
     const flushSelf = () => vcpu.flushTlb();
     let hv: HyperV | undefined;

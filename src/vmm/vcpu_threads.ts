@@ -10,6 +10,7 @@ import type { LinuxBoot } from "../machine/linux_boot.ts";
 import { bootCpuState } from "../machine/page_tables.ts";
 import type { HvThreadInit } from "../hyperv/host/enlightenments.ts";
 import type { PcDeviceState } from "./pc_devices.ts";
+import type { FirmwareThreadInit } from "./firmware_devices.ts";
 import type { VcpuThreadInit, VcpuThreadResult } from "./vcpu_thread.ts";
 
 /** Per-vCPU CPUID: the supported set with this vCPU's APIC id and the package's CPU count. */
@@ -42,9 +43,12 @@ export function startVcpuThreads(o: {
   vm: Vm;
   vcpus: { fds: number[]; runSize: number; syncRegs: boolean };
   cpuid: readonly CpuidEntry[];
-  boot: LinuxBoot;
+  /** Direct Linux boot; undefined with firmware (every vCPU starts at the reset vector). */
+  boot: LinuxBoot | undefined;
   hv: HvThreadInit | undefined;
   devices: PcDeviceState;
+  /** Flash and fw_cfg for `--firmware uefi`. */
+  firmware?: FirmwareThreadInit | undefined;
   power: SharedArrayBuffer;
   powerFd: number;
   serialFd: number;
@@ -81,7 +85,8 @@ export function startVcpuThreads(o: {
       syncRegs,
       ram: o.vm.regions.map((r) => ({ gpa: r.gpa, size: r.size, hostAddress: r.hostAddress })),
       cpuid: vcpuCpuid(o.cpuid, i, fds.length),
-      boot: i === 0 ? bootCpuState(o.boot) : undefined,
+      boot: i === 0 && o.boot ? bootCpuState(o.boot) : undefined,
+      firmware: o.firmware,
       controls: controls.map((c) => c.sab),
       vcpuFds: fds,
       hv: o.hv,

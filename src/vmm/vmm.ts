@@ -21,6 +21,8 @@ import { hvFeaturesOf, type SyndbgSpec, type VmConfig } from "./config.ts";
 import { type ControlTarget, serveControl } from "./control.ts";
 import { Rtc } from "../machine/devices/rtc.ts";
 import { bootOnce } from "./builder.ts";
+import { prepareFirmware } from "./firmware_devices.ts";
+import { openAhciDrives } from "./ahci_host.ts";
 import {
   type ConsoleInput,
   enterRawMode,
@@ -55,9 +57,15 @@ function hostRamBytes(): number {
 
 /** Runs the VM described by `config` until it ends; returns the process exit status. */
 export async function runVm(config: VmConfig): Promise<number> {
-  const kernel = readInput(config.kernelPath, "kernel");
-  // A bad kernel file is the user's to fix on any host: say so before looking for KVM.
-  parseBzImage(kernel, config.kernelPath);
+  // Bad kernel or firmware files are the user's to fix on any host: say so before looking for
+  // KVM. The firmware's flash memory and vars file outlive guest resets, like its NVRAM would.
+  const firmware = config.firmware ? prepareFirmware(config.firmware) : undefined;
+  using _firmwareClose = { [Symbol.dispose]: () => firmware?.close() };
+  let kernel: Uint8Array | undefined;
+  if (!firmware) {
+    kernel = readInput(config.kernelPath, "kernel");
+    parseBzImage(kernel, config.kernelPath);
+  }
   const doorbellEventfds = doorbellEventfdsFromEnv(Deno.env.get("HYPERDENO_DOORBELL_EVENTFDS"));
   // A socket path that names someone's file is the user's to fix: say so before looking for KVM.
   if (config.controlPath !== undefined) await checkSocketPath(config.controlPath, "--control");
@@ -85,6 +93,7 @@ export async function runVm(config: VmConfig): Promise<number> {
   }
   // Disks outlive guest resets, like the controller they hang off.
   const scsi = await openScsiController(config);
+  const ahci = await openAhciDrives(config.disks, config.cdroms, config.sataOrder);
   let controlTarget: ControlTarget | undefined;
   const control = config.controlPath
     ? await serveControl(config.controlPath, () => controlTarget)
@@ -106,6 +115,8 @@ export async function runVm(config: VmConfig): Promise<number> {
       const outcome = await bootOnce(kvm, config, {
         map,
         kernel,
+        firmware,
+        ahci,
         initrd,
         serialFd,
         cmos,
@@ -155,6 +166,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     if (serialFd > 2) close(serialFd);
     if (syndbg) close(syndbg.fd);
     await scsi?.close();
+    ahci?.close();
   }
 }
 
@@ -179,14 +191,17 @@ function openSyndbg(spec: SyndbgSpec): SyndbgLink & { hypercalls: boolean } {
 async function openScsiController(
   config: VmConfig,
 ): Promise<{ controller: ScsiController; close(): Promise<void> } | undefined> {
-  if (config.disks.length === 0) return undefined;
+  const specs = config.disks.filter((d) => d.bus === "scsi");
+  if (specs.length === 0) return undefined;
   if (!hasFeature(hvFeaturesOf(config), "synic")) {
-    throw new UsageError("--disk needs VMBus, which needs the synic enlightenment (--hv all)");
+    throw new UsageError(
+      "--disk needs VMBus, which needs the synic enlightenment (--hv all); or use bus=sata",
+    );
   }
   const controller = new ScsiController();
   const disks: ScsiDisk[] = [];
   try {
-    for (const [i, spec] of config.disks.entries()) {
+    for (const [i, spec] of specs.entries()) {
       const disk = new ScsiDisk(await openDisk(spec), {
         serial: spec.serial ?? `hyperdeno${i}`,
         readOnly: spec.readOnly,

@@ -1,14 +1,23 @@
 /**
- * Assembles the machine's ACPI tables into one blob for the ACPI area of `layout.ts`:
+ * Builds the machine's ACPI tables once, as a relocatable image, and places that image in one
+ * of two ways:
  *
- * ```
- * ACPI_START + 0x00  RSDP (rev 2) -> XSDT, RSDT
- *            + 0x40  FACS (64-byte aligned)
- *            + 0x80  DSDT, FADT, MADT, XSDT, RSDT (each 16-byte aligned)
- * ```
+ * - **Direct boot** ({@linkcode buildAcpiTables}): the VMM writes the tables into the ACPI area
+ *   of `layout.ts` itself:
  *
- * Every table carries its checksum; the caller writes `bytes` at `gpa` and hands `rsdpAddress`
- * to the kernel (boot_params.acpi_rsdp_addr). The RSDP also sits where OSes scan for it.
+ *   ```
+ *   ACPI_START + 0x00  RSDP (rev 2) -> XSDT, RSDT
+ *              + 0x40  FACS (64-byte aligned)           <- the "tables" part starts here
+ *              + 0x80  DSDT, FADT, MADT, XSDT, RSDT (each 16-byte aligned)
+ *   ```
+ *
+ * - **Firmware boot** ({@linkcode buildAcpiImage}): the RSDP and the tables stay two separate
+ *   blobs whose pointer fields hold offsets into the tables blob, with the list of those pointer
+ *   fields and of every checksum; `../firmware/table_loader.ts` turns that into QEMU's
+ *   linker/loader script, and the firmware allocates, relocates and checksums the blobs.
+ *
+ * Both come from the same encoders, so the tables a UEFI guest sees are the ones a direct-boot
+ * guest sees.
  * @module
  */
 import {
@@ -32,16 +41,20 @@ import {
 } from "../layout.ts";
 import { buildDsdt, type PciRootOptions } from "./dsdt.ts";
 import {
+  ACPI_HEADER,
   buildFacs,
   buildFadt,
   buildMadt,
   buildRsdp,
   buildRsdt,
   buildXsdt,
+  checksum,
+  FADT,
   IAPC_8042,
   IAPC_CMOS_RTC_NOT_PRESENT,
   IAPC_LEGACY_DEVICES,
   IAPC_VGA_NOT_PRESENT,
+  RSDP,
 } from "./tables.ts";
 
 /** What the machine has, as far as ACPI tells the guest. */
@@ -91,25 +104,83 @@ export interface AcpiTables {
   readonly tables: readonly AcpiTableInfo[];
 }
 
+/** The two blobs of a relocatable image. */
+export type AcpiBlob = "rsdp" | "tables";
+
+/** A pointer field whose value is an offset into the tables blob until the image is placed. */
+export interface AcpiPointer {
+  /** The blob holding the pointer field. */
+  readonly blob: AcpiBlob;
+  /** Offset of the field in that blob. */
+  readonly offset: number;
+  /** Field width in bytes (little-endian). */
+  readonly size: 4 | 8;
+}
+
+/** A checksum byte that makes `[start, start+length)` of its blob sum to zero. */
+export interface AcpiChecksum {
+  /** The blob holding the checksummed range. */
+  readonly blob: AcpiBlob;
+  /** Offset of the checksum byte. */
+  readonly offset: number;
+  /** First byte covered. */
+  readonly start: number;
+  /** Bytes covered. */
+  readonly length: number;
+}
+
+/** One table of a relocatable image. */
+export interface AcpiImageEntry {
+  /** Table signature. */
+  readonly signature: string;
+  /** Offset in the tables blob. */
+  readonly offset: number;
+  /** Length in bytes. */
+  readonly length: number;
+}
+
+/**
+ * The tables before placement: pointer fields hold offsets into `tables`, checksums are
+ * computed for that state (so an image placed at 0 is already consistent).
+ */
+export interface AcpiImage {
+  /** The RSDP (36 bytes). */
+  readonly rsdp: Uint8Array;
+  /** FACS first (64-byte aligned), then every other table, 16-byte aligned. */
+  readonly tables: Uint8Array;
+  /** Every pointer field, in both blobs; all of them point into `tables`. */
+  readonly pointers: readonly AcpiPointer[];
+  /** Every checksum, to recompute after the pointers are relocated (in this order). */
+  readonly checksums: readonly AcpiChecksum[];
+  /** The tables in `tables`. */
+  readonly entries: readonly AcpiImageEntry[];
+}
+
+/** Alignment the tables blob needs (the FACS is its first structure). */
+export const ACPI_TABLES_ALIGN = 64;
+/** Offset of the tables blob after the RSDP in the direct-boot ACPI area. */
+const DIRECT_TABLES_OFFSET = 0x40;
+
 const alignUp = (v: number, a: number) => Math.ceil(v / a) * a;
 
-/** Builds RSDP, XSDT, RSDT, FADT, FACS, MADT and DSDT for the ACPI area. */
-export function buildAcpiTables(options: AcpiOptions): AcpiTables {
+/** Builds RSDP, XSDT, RSDT, FADT, FACS, MADT and DSDT as a relocatable image. */
+export function buildAcpiImage(options: AcpiOptions): AcpiImage {
   const i8042 = options.i8042 ?? true;
   const rtc = options.rtc ?? true;
   const pieces: { signature: string; bytes: Uint8Array; offset: number }[] = [];
+  const pointers: AcpiPointer[] = [];
   let end = 0;
+  // Offsets double as addresses: everything is placed as if the tables blob sat at 0.
   const place = (signature: string, bytes: Uint8Array, align: number) => {
     const offset = alignUp(end, align);
     pieces.push({ signature, bytes, offset });
     end = offset + bytes.length;
-    return ACPI_START + offset;
+    return offset;
   };
+  const pointerAt = (table: number, field: number, size: 4 | 8) =>
+    pointers.push({ blob: "tables", offset: table + field, size });
 
-  // The RSDP comes first, at RSDP_ADDR; its contents are filled in last.
-  const rsdpSlot = place("RSD PTR ", new Uint8Array(36), 16);
-  if (rsdpSlot !== RSDP_ADDR) throw new Error("RSDP must be the first ACPI structure");
-  const facs = place("FACS", buildFacs(), 64);
+  const facs = place("FACS", buildFacs(), ACPI_TABLES_ALIGN);
   const dsdt = place(
     "DSDT",
     buildDsdt({
@@ -142,6 +213,9 @@ export function buildAcpiTables(options: AcpiOptions): AcpiTables {
     }),
     16,
   );
+  pointerAt(fadt, FADT.fields.firmware_ctrl.offset, 4);
+  pointerAt(fadt, FADT.fields.dsdt.offset, 4);
+  pointerAt(fadt, FADT.fields.x_dsdt.offset, 8);
   const madt = place(
     "APIC",
     buildMadt({
@@ -153,23 +227,99 @@ export function buildAcpiTables(options: AcpiOptions): AcpiTables {
     }),
     16,
   );
-  const xsdt = place("XSDT", buildXsdt([fadt, madt]), 16);
-  const rsdt = place("RSDT", buildRsdt([fadt, madt]), 16);
-  pieces[0]!.bytes = buildRsdp(xsdt, rsdt);
+  const listed = [fadt, madt];
+  const xsdt = place("XSDT", buildXsdt(listed), 16);
+  listed.forEach((_, i) => pointerAt(xsdt, ACPI_HEADER.size + 8 * i, 8));
+  const rsdt = place("RSDT", buildRsdt(listed), 16);
+  listed.forEach((_, i) => pointerAt(rsdt, ACPI_HEADER.size + 4 * i, 4));
 
-  if (end > ACPI_MAX_SIZE) {
-    throw new RangeError(`ACPI tables need ${end} bytes; the ACPI area holds ${ACPI_MAX_SIZE}`);
+  const rsdp = buildRsdp(xsdt, rsdt);
+  pointers.push({ blob: "rsdp", offset: RSDP.fields.rsdt_address.offset, size: 4 });
+  pointers.push({ blob: "rsdp", offset: RSDP.fields.xsdt_address.offset, size: 8 });
+
+  const tables = new Uint8Array(end);
+  for (const p of pieces) tables.set(p.bytes, p.offset);
+  // The FACS has no checksum; every other table has one in its header. The RSDP's two: the
+  // ACPI 1.0 one over 20 bytes first, then the extended one over all 36, which covers it.
+  const checksums: AcpiChecksum[] = pieces.filter((p) => p.signature !== "FACS").map((p) => ({
+    blob: "tables",
+    offset: p.offset + ACPI_HEADER.fields.checksum.offset,
+    start: p.offset,
+    length: p.bytes.length,
+  }));
+  checksums.push({ blob: "rsdp", offset: RSDP.fields.checksum.offset, start: 0, length: 20 });
+  checksums.push({
+    blob: "rsdp",
+    offset: RSDP.fields.extended_checksum.offset,
+    start: 0,
+    length: RSDP.size,
+  });
+  return {
+    rsdp,
+    tables,
+    pointers,
+    checksums,
+    entries: pieces.map((p) => ({
+      signature: p.signature,
+      offset: p.offset,
+      length: p.bytes.length,
+    })),
+  };
+}
+
+/**
+ * Relocates an image for a tables blob at guest address `tablesGpa`: adds it to every pointer
+ * field and recomputes every checksum, in place on copies of both blobs. The same steps the
+ * firmware takes when it runs the linker/loader script.
+ */
+export function relocateAcpiImage(
+  image: AcpiImage,
+  tablesGpa: number,
+): { rsdp: Uint8Array; tables: Uint8Array } {
+  const blobs = { rsdp: image.rsdp.slice(), tables: image.tables.slice() };
+  for (const p of image.pointers) {
+    const b = blobs[p.blob];
+    const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    if (p.size === 4) dv.setUint32(p.offset, dv.getUint32(p.offset, true) + tablesGpa, true);
+    else {
+      dv.setBigUint64(p.offset, dv.getBigUint64(p.offset, true) + BigInt(tablesGpa), true);
+    }
   }
-  const bytes = new Uint8Array(end);
-  for (const p of pieces) bytes.set(p.bytes, p.offset);
+  for (const c of image.checksums) {
+    const b = blobs[c.blob];
+    b[c.offset] = 0;
+    b[c.offset] = checksum(b.subarray(c.start, c.start + c.length));
+  }
+  return blobs;
+}
+
+/**
+ * Builds the tables for direct boot: the RSDP at `RSDP_ADDR` (the start of the ACPI area, where
+ * OSes also scan for it) and the tables blob right after it.
+ */
+export function buildAcpiTables(options: AcpiOptions): AcpiTables {
+  const image = buildAcpiImage(options);
+  const tablesGpa = ACPI_START + DIRECT_TABLES_OFFSET;
+  const { rsdp, tables } = relocateAcpiImage(image, tablesGpa);
+  const size = DIRECT_TABLES_OFFSET + tables.length;
+  if (size > ACPI_MAX_SIZE) {
+    throw new RangeError(`ACPI tables need ${size} bytes; the ACPI area holds ${ACPI_MAX_SIZE}`);
+  }
+  if (RSDP_ADDR !== ACPI_START) throw new Error("RSDP must be the first ACPI structure");
+  const bytes = new Uint8Array(size);
+  bytes.set(rsdp, 0);
+  bytes.set(tables, DIRECT_TABLES_OFFSET);
   return {
     gpa: ACPI_START,
     bytes,
     rsdpAddress: RSDP_ADDR,
-    tables: pieces.map((p) => ({
-      signature: p.signature,
-      gpa: ACPI_START + p.offset,
-      length: p.bytes.length,
-    })),
+    tables: [
+      { signature: "RSD PTR ", gpa: RSDP_ADDR, length: rsdp.length },
+      ...image.entries.map((e) => ({
+        signature: e.signature,
+        gpa: tablesGpa + e.offset,
+        length: e.length,
+      })),
+    ],
   };
 }

@@ -43,12 +43,15 @@ function sample(type: FieldSpec["type"], seed: number): number | bigint | Uint8A
     case "u8":
       return (seed * 37 + 11) & 0xff;
     case "u16":
+    case "u16be":
       return (seed * 7919 + 3) & 0xffff;
     case "u32":
+    case "u32be":
       return ((seed * 2654435761) >>> 0) || 1;
     case "i32":
       return (seed * 2654435761) | 0;
     case "u64":
+    case "u64be":
       return BigInt.asUintN(64, BigInt(seed) * 0x9e3779b97f4a7c15n + 1n);
     case "i64":
       return BigInt.asIntN(64, BigInt(seed) * 0x9e3779b97f4a7c15n);

@@ -30,7 +30,7 @@ Deno.test("boot arguments: defaults and values", () => {
 });
 
 const BAD: [string[], RegExp][] = [
-  [[], /--kernel PATH is required/],
+  [[], /--kernel PATH or --firmware uefi is required/],
   [["--kernel", "k", "--cpus", "0"], /--cpus: 0 is outside 1\.\.64/],
   [["--kernel", "k", "--cpus", "65"], /--cpus: 65 is outside/],
   [["--kernel", "k", "--cpus", "two"], /--cpus: 'two' is not a number/],

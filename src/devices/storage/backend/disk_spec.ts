@@ -1,5 +1,5 @@
 /**
- * `--disk path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N][,direct=on]`: the
+ * `--disk path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N][,direct=on][,bus=scsi|sata]`: the
  * parser for the CLI option and `openDisk`, which turns a spec into an open backend. Every
  * problem is a `UsageError` that names the option, the value and what to do.
  * @module
@@ -26,9 +26,11 @@ export interface DiskSpec {
   readonly direct: boolean;
   /** Logical sector size (512 or 4096). */
   readonly sectorSize: number;
+  /** Where the disk sits: synthetic SCSI over VMBus (default) or a SATA port of the AHCI HBA. */
+  readonly bus: "scsi" | "sata";
 }
 
-const KEYS = ["path", "readonly", "format", "serial", "lun", "direct", "sector"] as const;
+const KEYS = ["path", "readonly", "format", "serial", "lun", "direct", "sector", "bus"] as const;
 
 /** Largest LUN a controller offers (storvsc scans 0..254; we keep to single-level LUNs). */
 export const MAX_LUN = 254;
@@ -123,6 +125,13 @@ export function parseDiskSpec(text: string): DiskSpec {
     throw new UsageError(`--disk sector=${sectorText}: use 512 or 4096`);
   }
   const direct = seen.has("direct") ? parseBool("direct", seen.get("direct")!) : false;
+  const bus = seen.get("bus") ?? "scsi";
+  if (bus !== "scsi" && bus !== "sata") {
+    throw new UsageError(`--disk bus=${bus}: use scsi (synthetic SCSI over VMBus) or sata (AHCI)`);
+  }
+  if (bus === "sata" && lun !== undefined) {
+    throw new UsageError("--disk lun= is for bus=scsi; SATA disks take AHCI ports in order");
+  }
   if (direct && fmt === "qcow2") {
     throw new UsageError("--disk direct=on works with raw images only");
   }
@@ -134,6 +143,7 @@ export function parseDiskSpec(text: string): DiskSpec {
     lun,
     direct,
     sectorSize: Number(sectorText),
+    bus,
   };
 }
 

@@ -15,7 +15,9 @@ Deno.test("disk spec: keys, defaults, bare path, escaped commas", () => {
     lun: undefined,
     direct: false,
     sectorSize: 512,
+    bus: "scsi",
   });
+  assertEquals(parseDiskSpec("path=s.img,bus=sata").bus, "sata");
   const s = parseDiskSpec("a,,b.qcow2,readonly=on,format=qcow2,serial=ABC-1,lun=3,sector=4096");
   assertEquals([s.path, s.readOnly, s.format, s.serial, s.lun, s.sectorSize], [
     "a,b.qcow2",
@@ -44,6 +46,8 @@ Deno.test("disk spec: bad input is refused with a clear message", async () => {
     ["path=a,lun=-1", /0 to 254/],
     ["path=a,sector=1024", /512 or 4096/],
     ["path=a,format=qcow2,direct=on", /raw images only/],
+    ["path=a,bus=ide", /use scsi .* or sata/],
+    ["path=a,bus=sata,lun=1", /lun= is for bus=scsi/],
   ];
   for (const [text, re] of cases) await assertRejects(() => parseDiskSpec(text), UsageError, re);
 });
