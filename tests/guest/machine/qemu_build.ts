@@ -210,7 +210,7 @@ async function ensureSource(version: string, say: (s: string) => void): Promise<
   }
   const hasDebSrc = (await capture("sh", [
     "-c",
-    "grep -rlE '^(deb-src|Types:.*deb-src)' /etc/apt/sources.list /etc/apt/sources.list.d",
+    "grep -rqsE '^(deb-src|Types:.*deb-src)' /etc/apt/sources.list /etc/apt/sources.list.d",
   ])) !== undefined;
   if (!hasDebSrc) {
     const suite = codename();
