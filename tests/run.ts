@@ -10,6 +10,7 @@
  * @module
  */
 import { findHostKernel, findStaticBusybox } from "./guest/kit/host.ts";
+import { missingGrubIsoPackages } from "./guest/kit/grub_iso.ts";
 import {
   decideMachineMode,
   gatherMachineFacts,
@@ -132,6 +133,13 @@ async function missingKitPackages(): Promise<string[]> {
   }
   // The storage guest tests make and check qcow2 images with qemu-img.
   if (!which("qemu-img")) missing.push("qemu-utils");
+  // The OVMF reference test boots Debian's OVMF from a GRUB ISO it makes with grub-mkrescue.
+  missing.push(...missingGrubIsoPackages());
+  try {
+    Deno.statSync("/usr/share/OVMF/OVMF_CODE_4M.fd");
+  } catch {
+    missing.push("ovmf");
+  }
   // The KVP guest test runs Debian's own hv_kvp_daemon inside the guest.
   try {
     Deno.statSync("/usr/sbin/hv_kvp_daemon");

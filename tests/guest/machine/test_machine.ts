@@ -4,13 +4,17 @@
  * host `/` read-only over virtio-9p under a tmpfs overlay, chroots into it and runs one command
  * in the repo with a real `/dev/kvm`. Output streams back over the serial console between
  * machine markers; extra 9p shares (e.g. a writable results directory) carry files back.
+ *
+ * The machine runs on its own QEMU build (`qemu_build.ts`: Debian's source plus a fix for nested
+ * CR8 writes), never silently on the stock one, and checks at start that its QEMU survives a
+ * nested guest writing CR8 with an interrupt pending (`tests/guest/tools/cr8_vintr_check.c`).
  * @module
  */
 import { findHostKernel } from "../kit/host.ts";
 import { initramfsFile } from "../kit/initramfs.ts";
 import { guestTool } from "../kit/tools.ts";
 import { MACHINE_MARKER_PREFIX, parseSerial, type SerialReport } from "../kit/markers.ts";
-import { which } from "./detect.ts";
+import { QEMU_DATA_DIRS, testMachineQemu } from "./qemu_build.ts";
 
 /** Kernel modules the test machine loads, dependencies resolved by the kit. */
 export const MACHINE_MODULES: readonly string[] = [
@@ -47,7 +51,8 @@ export interface MachineRunOptions {
   readonly memory?: string;
   /** vCPUs, default min(host CPUs, 4). */
   readonly cpus?: number;
-  /** QEMU binary, default `qemu-system-x86_64` on PATH. */
+  /** QEMU binary, default `$HYPERDENO_TEST_MACHINE_QEMU` or the project's own build
+   * (`testMachineQemu`, built when missing). */
   readonly qemu?: string;
 }
 
@@ -86,6 +91,30 @@ export function softLockupSeconds(line: string): number | undefined {
 /** Where the L1 initramfs carries `tests/guest/tools/kvm_pin_apic_keys.c`, when it was built. */
 export const APIC_KEY_PIN = "/bin/kvm_pin_apic_keys";
 
+/** Where the L1 initramfs carries the outer-QEMU self-check `tests/guest/tools/cr8_vintr_check.c`. */
+export const CR8_CHECK = "/bin/cr8_vintr_check";
+
+/**
+ * Why the outer QEMU failed its self-check, from the machine's report, or undefined when it
+ * passed. Against a QEMU without the CR8 fix the machine dies between `cr8_check=start` and the
+ * result, and QEMU's stderr holds the assertion.
+ */
+export function selfCheckProblem(
+  marks: ReadonlyMap<string, string>,
+  qemuStderr: string,
+): string | undefined {
+  const result = marks.get("cr8_check");
+  if (result === undefined) return "the outer QEMU self-check did not run";
+  if (result.startsWith("ok")) return undefined;
+  const abort = qemuStderr.split("\n").find((l) => /assert|Abort/i.test(l))?.trim();
+  const why = result === "start"
+    ? `the outer QEMU died while a nested guest wrote CR8 with an interrupt pending` +
+      (abort ? ` (${abort})` : "")
+    : `the nested CR8 guest reported: ${result}`;
+  return `outer QEMU self-check FAILED: ${why}. This QEMU aborts on firmware guests (OVMF, ` +
+    "Windows); the test machine needs its own build (tests/guest/machine/qemu_build.ts)";
+}
+
 /** The L1 init body: mount the host root under an overlay, chroot, run the command. */
 export function machineScript(
   argv: readonly string[],
@@ -114,6 +143,9 @@ export function machineScript(
   });
   lines.push(
     `hd_mark kvm "$([ -c /dev/kvm ] && echo present || echo missing)"`,
+    // The self-check first: against a QEMU without the CR8 fix the machine dies here.
+    "hd_mark cr8_check start",
+    `hd_mark cr8_check "$(${CR8_CHECK} 2>&1 | head -c 200)"`,
     // Keeps KVM's LAPIC static keys from being live-patched under TCG (see the tool's source).
     `hd_mark apic_keys "$([ -x ${APIC_KEY_PIN} ] && ${APIC_KEY_PIN} 2>&1 | head -c 200 || echo absent)"`,
     `hd_mark uptime "$(cut -d' ' -f1 /proc/uptime)"`,
@@ -138,6 +170,7 @@ export function machineQemuArgs(
   options: { memory: string; cpus: number },
 ): string[] {
   const args = [
+    ...QEMU_DATA_DIRS.flatMap((d) => ["-L", d]),
     "-accel",
     "tcg,thread=multi",
     "-cpu",
@@ -188,12 +221,26 @@ export async function runInTestMachine(
   argv: readonly string[],
   options: MachineRunOptions = {},
 ): Promise<MachineRunResult> {
-  const qemu = options.qemu ?? which("qemu-system-x86_64");
-  if (qemu === undefined) {
-    throw new Error(
-      "qemu-system-x86_64 not found: install it with apt-get install qemu-system-x86",
-    );
+  const setupStart = performance.now();
+  const failed = (problem: string): MachineRunResult => ({
+    status: undefined,
+    problem,
+    report: parseSerial("", MACHINE_MARKER_PREFIX),
+    qemuCode: null,
+    qemuStderr: "",
+    timedOut: false,
+    timings: { totalSeconds: (performance.now() - setupStart) / 1000 },
+  });
+  let qemu = options.qemu ?? Deno.env.get("HYPERDENO_TEST_MACHINE_QEMU");
+  if (qemu !== undefined) {
+    console.error(`test machine: QEMU ${qemu} (given, not the project's build)`);
+  } else {
+    const built = await testMachineQemu();
+    if (!built.ok) return failed(built.reason);
+    qemu = built.path;
   }
+  const check = await guestTool("cr8_vintr_check");
+  if (!check.ok) return failed(`cannot build the outer QEMU self-check: ${check.reason}`);
   const kernel = findHostKernel();
   const cwd = options.cwd ?? Deno.cwd();
   const shares = options.shares ?? [];
@@ -227,7 +274,10 @@ export async function runInTestMachine(
     modules: MACHINE_MODULES,
     markerPrefix: MACHINE_MARKER_PREFIX,
     script: machineScript(argv, cwd, env, shares),
-    files: pin.ok ? { [APIC_KEY_PIN]: { data: pin.image, mode: 0o755 } } : {},
+    files: {
+      [CR8_CHECK]: { data: check.image, mode: 0o755 },
+      ...(pin.ok ? { [APIC_KEY_PIN]: { data: pin.image, mode: 0o755 } } : {}),
+    },
   });
   const memory = options.memory ?? Deno.env.get("HYPERDENO_TEST_MACHINE_MEMORY") ?? "6G";
   const args = machineQemuArgs(kernel.path, initrd, shares, {
@@ -304,6 +354,8 @@ export async function runInTestMachine(
     } s`;
   } else if (timedOut) {
     problem = `test machine timed out after ${Math.round(elapsed())} s`;
+  } else if (selfCheckProblem(report.marks, qemuStderr) !== undefined) {
+    problem = selfCheckProblem(report.marks, qemuStderr);
   } else if (report.exitStatus === undefined) {
     const panic = report.lines.find((l) => l.includes("Kernel panic"));
     problem = panic

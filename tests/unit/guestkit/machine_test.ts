@@ -1,9 +1,11 @@
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
 import {
   APIC_KEY_PIN,
+  CR8_CHECK,
   MACHINE_MODULES,
   machineQemuArgs,
   machineScript,
+  selfCheckProblem,
   shellQuote,
   softLockupSeconds,
 } from "../../guest/machine/test_machine.ts";
@@ -29,6 +31,8 @@ Deno.test("machine: QEMU runs TCG with SVM, host / read-only, shares after it", 
   ok(root!.includes("path=/,mount_tag=hostroot") && root!.includes("readonly=on"));
   ok(share!.includes("path=/r,,x,mount_tag=share0") && !share!.includes("readonly"));
   ok(args.includes("-no-reboot"));
+  // The project's own QEMU build finds Debian's SeaBIOS and option ROMs there.
+  deepStrictEqual(values("-L"), ["/usr/share/qemu", "/usr/share/seabios"]);
 });
 
 Deno.test("machine: the L1 script mounts the overlay root, shares, and runs in cwd", () => {
@@ -59,4 +63,24 @@ Deno.test("machine: soft lockup lines give the stuck time; other lines none", ()
     26,
   );
   deepStrictEqual(softLockupSeconds("[ 1.0] rcu: INFO: rcu_sched detected stalls"), undefined);
+});
+
+Deno.test("machine: the outer-QEMU self-check runs before the pin and the command", () => {
+  const s = machineScript(["true"], "/r", {}, []);
+  const check = s.indexOf(`${CR8_CHECK} 2>&1`);
+  ok(s.indexOf("hd_mark cr8_check start") < check, s);
+  ok(check > 0 && check < s.indexOf(`${APIC_KEY_PIN} 2>&1`) && check < s.indexOf("chroot"), s);
+});
+
+Deno.test("machine: the self-check verdict comes from its marks and QEMU's stderr", () => {
+  const marks = (v?: string) => new Map(v === undefined ? [] : [["cr8_check", v]]);
+  strictEqual(selfCheckProblem(marks("ok: 100000 CR8 writes ..."), ""), undefined);
+  const died = selfCheckProblem(
+    marks("start"),
+    "**\nERROR:../accel/tcg/tcg-accel-ops.c:83:tcg_handle_interrupt: assertion failed: " +
+      "(qemu_mutex_iothread_locked())\nBail out!\n",
+  );
+  ok(died?.includes("self-check FAILED") && died.includes("tcg_handle_interrupt"), died);
+  ok(selfCheckProblem(marks("failed: KVM_RUN: EINVAL"), "")?.includes("failed: KVM_RUN"));
+  ok(selfCheckProblem(marks(), "")?.includes("did not run"));
 });
