@@ -11,7 +11,7 @@ import { type CpuidEntry, Kvm } from "../kvm/kvm.ts";
 import { Vcpu } from "../kvm/vcpu.ts";
 import { VCPU_REQUEST, VcpuControl } from "../kvm/vcpu_control.ts";
 import { ExitCounters } from "../kvm/exit_counters.ts";
-import { hasFeature, type HvFeatures } from "../hyperv/mod.ts";
+import { hasFeature, type HvFeatures, HypercallCounters } from "../hyperv/mod.ts";
 import { setupEnlightenments, type SyndbgLink } from "./enlightenments.ts";
 import { type ControlTarget, serveControl } from "./control.ts";
 import { VmbusServer } from "../vmbus/mod.ts";
@@ -407,6 +407,13 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       scsi: inputs.scsi?.controller,
       exits: () => exitCounters.map((sab) => new ExitCounters(sab).snapshot()),
       ...(doorbells ? { doorbells: () => doorbells?.count ?? 0 } : {}),
+      ...(hv
+        ? {
+          hypercalls: () =>
+            new HypercallCounters(hv.state.hypercallCounters, config.cpus).snapshot()
+              .map((s, i) => ({ ...s, flushesServed: controls[i]?.flushes ?? 0 })),
+        }
+        : {}),
     });
     cleanups.push(() => inputs.publish(undefined));
 
