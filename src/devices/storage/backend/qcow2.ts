@@ -223,10 +223,16 @@ export class Qcow2Backend implements DiskBackend {
             `repair it with 'qemu-img check -r all ${path}'`,
         );
       }
+      // Both tables must be in the file: zeros read past its end would later be written back
+      // at the offsets the header chose, growing the host file to any size.
       const l1 = new Uint8Array(h.l1Size * 8);
-      if (l1.length > 0) await file.read(l1, h.l1TableOffset);
+      if (l1.length > 0 && await file.read(l1, h.l1TableOffset) < l1.length) {
+        throw new Qcow2FormatError(`the L1 table lies past the end of the file`);
+      }
       const refTable = new Uint8Array(h.refcountTableClusters * cs);
-      await file.read(refTable, h.refcountTableOffset);
+      if (await file.read(refTable, h.refcountTableOffset) < refTable.length) {
+        throw new Qcow2FormatError(`the refcount table lies past the end of the file`);
+      }
       if (h.backingFile !== undefined) {
         const bpath = isAbsolute(h.backingFile)
           ? h.backingFile
@@ -294,7 +300,12 @@ export class Qcow2Backend implements DiskBackend {
   async #loadTable(offset: number): Promise<DataView> {
     const buf = new Uint8Array(this.#cs);
     const n = await this.#file.read(buf, offset);
-    if (n < buf.length) buf.fill(0, n);
+    // Every table this backend links is written before it is linked, so a table the file does
+    // not hold is hostile metadata: treating it as zeros would later write it, at an offset
+    // the image chose, growing the host file to any size.
+    if (n < buf.length) {
+      throw this.#corrupt(`the table at 0x${offset.toString(16)} lies past the end of the file`);
+    }
     return new DataView(buf.buffer);
   }
 
