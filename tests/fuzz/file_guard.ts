@@ -18,7 +18,10 @@ function check(path: string, what: string, offset: number, length: number): void
   const limit = guard.limit;
   if (!(offset >= 0 && length >= 0 && offset + length <= limit)) {
     if (violations.length < 20) {
-      violations.push(`${what} ${offset}+${length} outside ${path} (limit ${limit})`);
+      const where = violations.length === 0
+        ? `\n${new Error().stack?.split("\n").slice(2, 8).join("\n")}`
+        : "";
+      violations.push(`${what} ${offset}+${length} outside ${path} (limit ${limit})${where}`);
     }
   }
 }
