@@ -275,16 +275,23 @@ async function guestTests(guestFiles: string[]): Promise<Counts> {
       await Deno.remove(junit).catch(() => {});
       const env: Record<string, string> = {};
       if (!Deno.stdout.isTerminal()) env.NO_COLOR = "1";
-      const result = await runInTestMachine(
-        [Deno.execPath(), "test", "-A", "--no-check", `--junit-path=${junit}`, ...rel],
-        {
-          cwd: REPO,
-          env,
-          shares: [{ hostPath: RESULTS, writable: true }],
-          verbose: Deno.env.get("HYPERDENO_TEST_VERBOSE") === "1",
-          onLine: (l) => console.log(l),
-        },
-      );
+      let result: Awaited<ReturnType<typeof runInTestMachine>>;
+      try {
+        result = await runInTestMachine(
+          [Deno.execPath(), "test", "-A", "--no-check", `--junit-path=${junit}`, ...rel],
+          {
+            cwd: REPO,
+            env,
+            shares: [{ hostPath: RESULTS, writable: true }],
+            verbose: Deno.env.get("HYPERDENO_TEST_VERBOSE") === "1",
+            onLine: (l) => console.log(l),
+          },
+        );
+      } catch (e) {
+        // The machine could not even be started: a failure with its reason, not a stack trace.
+        failures.push(`the test machine could not start: ${(e as Error).message}`);
+        return { passed: 0, failed: 1, skipped: 0 };
+      }
       const t = result.timings;
       console.log(
         `test machine: init after ${t.bootSeconds?.toFixed(1) ?? "?"} s, command started after ` +
