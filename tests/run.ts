@@ -1,18 +1,25 @@
 /**
- * `deno task test`: the whole suite. Unit tests first (`deno test -A tests/unit`), then the guest
- * tests (`tests/guest/**\/*_test.ts`) on a machine that can run a stock 64-bit guest: this host
- * when its /dev/kvm can (direct), else the nested QEMU test machine, else they are skipped with
- * the reason. Installs missing Debian packages it needs (apt-get, as root). Ends with the line
- * `N passed, N failed, N skipped` and exits non-zero when anything failed.
+ * `deno task test`: the whole suite. First installs the Debian packages the tests need (apt-get,
+ * as root: the kernel, busybox, qemu-img, iasl, a C compiler…), so a fresh machine runs every test
+ * on its first run; then the unit tests (`deno test -A tests/unit`), then the guest tests
+ * (`tests/guest/**\/*_test.ts`) on a machine that can run a stock 64-bit guest: this host when its
+ * /dev/kvm can (direct), else the nested QEMU test machine, else they are skipped with the reason
+ * (and still counted one by one). Prints `N passed, N failed, N skipped`; exits non-zero when
+ * anything failed, the reason on the last line.
  *
- * Environment: `HYPERDENO_TEST_MACHINE=direct|nested` forces the mode; `HYPERDENO_TEST_VERBOSE=1`
- * shows the test machine's kernel console; `HYPERDENO_TEST_NO_INSTALL=1` never runs apt-get.
+ * With `CI` set (not `false`/`0`), a skipped guest test or a test machine that cannot start is a
+ * failure, unless the host is not x86-64.
+ *
+ * Environment: `HYPERDENO_TEST_MACHINE=direct|nested|none` forces the mode (anything else is a
+ * usage error, exit 2); `HYPERDENO_TEST_VERBOSE=1` shows the test machine's kernel console;
+ * `HYPERDENO_TEST_NO_INSTALL=1` never runs apt-get.
  * @module
  */
 import { findHostKernel, findStaticBusybox } from "./guest/kit/host.ts";
 import { missingGrubIsoPackages } from "./guest/kit/grub_iso.ts";
 import {
   decideMachineMode,
+  FORCED_MODES,
   gatherMachineFacts,
   type MachineMode,
   which,
@@ -35,8 +42,16 @@ function unescapeXml(s: string): string {
  * Counts the test cases of a `deno test --junit-path` report. Steps (reported as `parent > step`
  * right after their parent) are not counted on their own; a failed step fails its test anyway.
  */
-export function parseJunit(xml: string): Counts & { failedNames: string[] } {
-  const counts = { passed: 0, failed: 0, skipped: 0, failedNames: [] as string[] };
+export function parseJunit(
+  xml: string,
+): Counts & { failedNames: string[]; skippedNames: string[] } {
+  const counts = {
+    passed: 0,
+    failed: 0,
+    skipped: 0,
+    failedNames: [] as string[],
+    skippedNames: [] as string[],
+  };
   const re = /<testcase name="([^"]*)"[^>]*?(\/>|>([\s\S]*?)<\/testcase>)/g;
   const tops: string[] = [];
   for (const m of xml.matchAll(re)) {
@@ -49,6 +64,7 @@ export function parseJunit(xml: string): Counts & { failedNames: string[] } {
       counts.failedNames.push(name);
     } else if (body.includes("<skipped")) {
       counts.skipped++;
+      counts.skippedNames.push(name);
     } else {
       counts.passed++;
     }
@@ -118,6 +134,15 @@ async function aptInstall(packages: readonly string[]): Promise<boolean> {
   return st.success;
 }
 
+/** Debian packages the unit tests use when present (they skip their checks without them). */
+function missingUnitPackages(): string[] {
+  const missing: string[] = [];
+  if (!which("iasl")) missing.push("acpica-tools"); // ACPI tables disassembled and recompiled
+  if (!which("cc") && Deno.env.get("CC") === undefined) missing.push("gcc", "libc6-dev");
+  if (!which("objdump")) missing.push("binutils"); // the hypercall page disassembled
+  return missing;
+}
+
 /** Debian packages the guest kit needs that are not installed. */
 async function missingKitPackages(): Promise<string[]> {
   const missing: string[] = [];
@@ -140,6 +165,12 @@ async function missingKitPackages(): Promise<string[]> {
   } catch {
     missing.push("ovmf");
   }
+  // Guest tools (tests/guest/tools/*.c) are built static: a compiler and libc.a.
+  try {
+    Deno.statSync("/usr/lib/x86_64-linux-gnu/libc.a");
+  } catch {
+    if (Deno.build.arch === "x86_64") missing.push("libc6-dev");
+  }
   // The KVP guest test runs Debian's own hv_kvp_daemon inside the guest.
   try {
     Deno.statSync("/usr/sbin/hv_kvp_daemon");
@@ -149,28 +180,50 @@ async function missingKitPackages(): Promise<string[]> {
   return missing;
 }
 
-async function denoTest(args: string[], junit: string): Promise<Counts & { code: number }> {
+async function denoTest(
+  args: string[],
+  junit: string,
+  what: "unit" | "guest",
+  env?: Record<string, string>,
+): Promise<Counts & { code: number }> {
   await Deno.remove(junit).catch(() => {});
   const st = await new Deno.Command(Deno.execPath(), {
     args: ["test", "-A", `--junit-path=${junit}`, ...args],
     cwd: REPO,
     stdin: "null",
+    ...(env ? { env } : {}),
   }).spawn().status;
-  return { ...(await countJunit(junit, st.code, "deno test")), code: st.code };
+  return { ...(await countJunit(junit, st.code, what)), code: st.code };
 }
+
+/** Why the run fails, in the order found; the first is the last line printed. */
+const failures: string[] = [];
+/** Names of skipped tests, `unit:` or `guest:` first. */
+const skippedNames: string[] = [];
 
 async function countJunit(junit: string, code: number, what: string): Promise<Counts> {
   let counts: Counts = { passed: 0, failed: 0, skipped: 0 };
   try {
-    counts = parseJunit(await Deno.readTextFile(junit));
+    const parsed = parseJunit(await Deno.readTextFile(junit));
+    counts = parsed;
+    if (parsed.failed > 0) {
+      failures.push(`${parsed.failed} ${what} failed: ${parsed.failedNames.join("; ")}`);
+    }
+    skippedNames.push(...parsed.skippedNames.map((n) => `${what}: ${n}`));
   } catch {
     // no report: the run died before writing it (type error, crash)
   }
   if (code !== 0 && counts.failed === 0) {
     console.log(`${what} exited with ${code} without a failed test in its report`);
+    failures.push(`${what} exited with ${code} without a failed test in its report`);
     counts.failed++;
   }
   return counts;
+}
+
+/** `CI` is set to something other than empty, `0` or `false`. */
+export function isCi(value: string | undefined): boolean {
+  return value !== undefined && !["", "0", "false"].includes(value.toLowerCase());
 }
 
 function add(a: Counts, b: Counts): Counts {
@@ -181,29 +234,39 @@ function add(a: Counts, b: Counts): Counts {
   };
 }
 
+/** Why the guest tests were not run, when they were not. */
+let guestSkipReason: string | undefined;
+
 async function guestTests(guestFiles: string[]): Promise<Counts> {
-  const skipAll = (why: string): Counts => {
-    say(`SKIPPED: ${guestFiles.length} guest test file(s) not run: ${why}`);
-    return { passed: 0, failed: 0, skipped: guestFiles.length };
+  const rel = guestFiles.map((f) => f.slice(REPO.length + 1));
+  const skipAll = async (why: string): Promise<Counts> => {
+    guestSkipReason = why;
+    say(`SKIPPED: guest tests not run: ${why}; listing them (HYPERDENO_TEST_MACHINE=none)`);
+    // Run them here with no guest allowed: every guest test registers as ignored, so the count
+    // is of tests, by name, not of files.
+    return await denoTest(rel, `${RESULTS}/guest.xml`, "guest", {
+      HYPERDENO_TEST_MACHINE: "none",
+    });
   };
   const missing = await missingKitPackages();
   if (missing.length > 0 && !(await aptInstall(missing))) {
-    return skipAll(`the guest kit needs ${missing.join(", ")}`);
+    return await skipAll(`the guest kit needs ${missing.join(", ")}`);
   }
   let mode: MachineMode = decideMachineMode(gatherMachineFacts());
   say(`guest tests: ${mode.kind} mode (${mode.why})`);
   if (mode.kind === "nested" && mode.install.length > 0) {
-    if (!(await aptInstall(mode.install))) return skipAll(`could not install ${mode.install}`);
+    if (!(await aptInstall(mode.install))) {
+      return await skipAll(`could not install ${mode.install}`);
+    }
     mode = decideMachineMode(gatherMachineFacts());
   }
   await Deno.mkdir(RESULTS, { recursive: true });
   const junit = `${RESULTS}/guest.xml`;
-  const rel = guestFiles.map((f) => f.slice(REPO.length + 1));
   switch (mode.kind) {
     case "skip":
-      return skipAll(mode.why);
+      return await skipAll(mode.why);
     case "direct":
-      return await denoTest(rel, junit);
+      return await denoTest(rel, junit, "guest");
     case "nested": {
       say("type-checking guest tests on the host (they run with --no-check in the machine)");
       const check = await new Deno.Command(Deno.execPath(), {
@@ -213,22 +276,30 @@ async function guestTests(guestFiles: string[]): Promise<Counts> {
       }).spawn().status;
       if (!check.success) {
         console.log("guest tests do not type-check; not booting the test machine");
+        failures.push("guest tests do not type-check");
         return { passed: 0, failed: 1, skipped: 0 };
       }
       say("booting the test machine (QEMU TCG, nested SVM) to run the guest tests");
       await Deno.remove(junit).catch(() => {});
       const env: Record<string, string> = {};
       if (!Deno.stdout.isTerminal()) env.NO_COLOR = "1";
-      const result = await runInTestMachine(
-        [Deno.execPath(), "test", "-A", "--no-check", `--junit-path=${junit}`, ...rel],
-        {
-          cwd: REPO,
-          env,
-          shares: [{ hostPath: RESULTS, writable: true }],
-          verbose: Deno.env.get("HYPERDENO_TEST_VERBOSE") === "1",
-          onLine: (l) => console.log(l),
-        },
-      );
+      let result: Awaited<ReturnType<typeof runInTestMachine>>;
+      try {
+        result = await runInTestMachine(
+          [Deno.execPath(), "test", "-A", "--no-check", `--junit-path=${junit}`, ...rel],
+          {
+            cwd: REPO,
+            env,
+            shares: [{ hostPath: RESULTS, writable: true }],
+            verbose: Deno.env.get("HYPERDENO_TEST_VERBOSE") === "1",
+            onLine: (l) => console.log(l),
+          },
+        );
+      } catch (e) {
+        // The machine could not even be started: a failure with its reason, not a stack trace.
+        failures.push(`the test machine could not start: ${(e as Error).message}`);
+        return { passed: 0, failed: 1, skipped: 0 };
+      }
       const t = result.timings;
       console.log(
         `test machine: init after ${t.bootSeconds?.toFixed(1) ?? "?"} s, command started after ` +
@@ -238,37 +309,80 @@ async function guestTests(guestFiles: string[]): Promise<Counts> {
       if (result.problem !== undefined) {
         console.log(`test machine FAILED: ${result.problem}`);
         console.log(result.report.lines.slice(-40).join("\n"));
-        const partial = await countJunit(junit, 0, "guest deno test");
+        failures.push(`the test machine failed: ${result.problem}`);
+        const partial = await countJunit(junit, 0, "guest");
         return add(partial, { passed: 0, failed: 1, skipped: 0 });
       }
-      return await countJunit(junit, result.status ?? 1, "guest deno test");
+      return await countJunit(junit, result.status ?? 1, "guest");
     }
   }
 }
 
+/**
+ * The CI verdict on skipped guest tests: a reason to fail, or undefined. Skips are allowed only
+ * on a host that is not x86-64 (no guest can run there at all).
+ */
+export function ciSkipProblem(
+  o: { ci: boolean; arch: string; guestSkipped: number; why: string | undefined },
+): string | undefined {
+  if (!o.ci || o.arch !== "x86_64" || o.guestSkipped === 0) return undefined;
+  return `CI: ${o.guestSkipped} guest test(s) skipped (${o.why ?? "skipped inside the run"}); ` +
+    "CI must boot every guest";
+}
+
 async function main(): Promise<number> {
   const started = performance.now();
+  const forced = Deno.env.get("HYPERDENO_TEST_MACHINE");
+  if (forced && !(FORCED_MODES as readonly string[]).includes(forced)) {
+    console.error(
+      `HYPERDENO_TEST_MACHINE=${forced} is not one of ${FORCED_MODES.join(", ")}; ` +
+        "unset it to let the host decide",
+    );
+    return 2;
+  }
+  const ci = isCi(Deno.env.get("CI"));
   await Deno.mkdir(RESULTS, { recursive: true });
   let total: Counts = { passed: 0, failed: 0, skipped: 0 };
+
+  // Packages first, so that the unit tests that use them (qemu-img, iasl, busybox, the kernel,
+  // the C compiler) run on a fresh machine's first run instead of skipping.
+  const wanted = [...new Set([...missingUnitPackages(), ...(await missingKitPackages())])];
+  if (wanted.length > 0) await aptInstall(wanted);
 
   const unitFiles = listTests(`${REPO}/tests/unit`);
   if (unitFiles.length > 0) {
     say(`unit tests (${unitFiles.length} files): deno test -A tests/unit`);
-    total = add(total, await denoTest(["tests/unit"], `${RESULTS}/unit.xml`));
+    total = add(total, await denoTest(["tests/unit"], `${RESULTS}/unit.xml`, "unit"));
   } else {
     say("no unit tests found under tests/unit");
   }
 
   const guestFiles = listTests(`${REPO}/tests/guest`);
+  let guestSkipped = 0;
   if (guestFiles.length > 0) {
-    total = add(total, await guestTests(guestFiles));
+    const guest = await guestTests(guestFiles);
+    guestSkipped = guest.skipped;
+    total = add(total, guest);
   } else {
     say("no guest tests found under tests/guest");
   }
 
   say(`done in ${((performance.now() - started) / 1000).toFixed(0)} s`);
+  if (skippedNames.length > 0) console.log(`skipped:\n  ${skippedNames.join("\n  ")}`);
+  const ciProblem = ciSkipProblem({
+    ci,
+    arch: Deno.build.arch,
+    guestSkipped,
+    why: guestSkipReason,
+  });
+  if (ciProblem !== undefined) failures.push(ciProblem);
   console.log(summaryLine(total));
-  return total.failed > 0 ? 1 : 0;
+  if (total.failed > 0 && failures.length === 0) failures.push(`${total.failed} failed`);
+  if (failures.length > 0) {
+    console.log(`FAILED: ${failures.join("; ")}`);
+    return 1;
+  }
+  return 0;
 }
 
 if (import.meta.main) Deno.exit(await main());

@@ -42,6 +42,7 @@ import { PAGE_SIZE } from "../kvm/guest_memory.ts";
 import type { MsiSink } from "../machine/irq.ts";
 import { getLogger, rateLimited } from "../util/log.ts";
 import { hasFeature, type HvFeatureName, type HvFeatures } from "./features.ts";
+import { HYPERCALL_UD, HYPERCALL_UNDECODED, type HypercallCounters } from "./hypercall_counters.ts";
 import type { HvPartition } from "./partition.ts";
 import { msiAddress } from "./shared.ts";
 import * as T from "./tlfs.ts";
@@ -191,6 +192,8 @@ export interface HypercallDeps {
   calls?: ReadonlyMap<number, CallSpec>;
   /** The synthetic debugger's hypercall side (`syndbg`); absent: the calls are refused. */
   syndbg?: DebugHypercalls;
+  /** Counts calls by code and status, and flush/IPI targets (`status` of the control socket). */
+  counters?: HypercallCounters;
 }
 
 /** What the synthetic-debugger hypercalls are handed to (`SyntheticDebugger` implements it). */
@@ -469,7 +472,10 @@ export class HypercallHandler {
     let reps = 0;
     try {
       if (!this.#d.partition.hypercallsEnabled) return "ignored";
-      if (!regs.protectedMode() || regs.cpl() !== 0) return "ud";
+      if (!regs.protectedMode() || regs.cpl() !== 0) {
+        this.#d.counters?.record(vp, HYPERCALL_UNDECODED, HYPERCALL_UD);
+        return "ud";
+      }
       x64 = regs.is64Bit();
       // x64: RCX control, RDX input, R8 output. x86: EDX:EAX, EBX:ECX, EDI:ESI (upper halves
       // of the 64-bit registers are ignored).
@@ -494,6 +500,7 @@ export class HypercallHandler {
           regs.lo("rdi"),
           regs,
         );
+      this.#d.counters?.record(vp, this.#input.control.code, r === UD ? HYPERCALL_UD : r);
       if (r === UD) return "ud";
       status = r;
       reps = this.#reps;
@@ -501,6 +508,7 @@ export class HypercallHandler {
       logFailure(vp, e);
       status = T.HV_STATUS_INVALID_HYPERCALL_INPUT;
       reps = 0;
+      this.#d.counters?.record(vp, this.#input.control.code, status);
     }
     try {
       // Result: status in bits 15:0, reps completed in bits 43:32 (bits 11:0 of the high half).
@@ -681,6 +689,8 @@ export class HypercallHandler {
     // The GVA list (rep elements) is not interpreted: the guest CR3 of a running VP is unknown
     // here, so every target's whole TLB is flushed, which covers any range.
     if (vps.length > 0) this.#d.flusher.flush(vps);
+    const counters = this.#d.counters;
+    if (counters) { for (const vp of vps) counters.flushTarget(input.vp, vp); }
     return T.HV_STATUS_SUCCESS;
   }
 
@@ -705,7 +715,11 @@ export class HypercallHandler {
       if (!set.ok) return set.status;
       vps = set.vps;
     }
-    for (const vp of vps) this.#d.msi.signalMsi(msiAddress(vp), vector);
+    const counters = this.#d.counters;
+    for (const vp of vps) {
+      this.#d.msi.signalMsi(msiAddress(vp), vector);
+      counters?.ipiTarget(input.vp, vp);
+    }
     return T.HV_STATUS_SUCCESS;
   }
 

@@ -22,6 +22,7 @@ import {
   type HypercallRegs,
   type TlbFlusher,
 } from "./hypercall.ts";
+import { HypercallCounters } from "./hypercall_counters.ts";
 import { HvMsrs } from "./msrs.ts";
 import { HvPartition } from "./partition.ts";
 import { SyntheticTimers, type TimerScheduler } from "./stimer.ts";
@@ -42,6 +43,8 @@ export interface HyperVState {
   readonly stimers: SharedArrayBuffer;
   /** Synthetic debugger registers (used only with `syndbg`). */
   readonly syndbg: SharedArrayBuffer;
+  /** Hypercall counters of every VP (`HypercallCounters`). */
+  readonly hypercallCounters: SharedArrayBuffer;
 }
 
 /** Everything the enlightenments need from the VMM; one set per thread. */
@@ -96,6 +99,7 @@ export class HyperV {
       synic: SynIC.createState(vpCount),
       stimers: SyntheticTimers.createState(vpCount),
       syndbg: SyntheticDebugger.createState({ useHypercalls: options.syndbgHypercalls ?? false }),
+      hypercallCounters: HypercallCounters.createState(vpCount),
     };
   }
 
@@ -163,6 +167,7 @@ export class HyperV {
       ...(deps.bridge ? { bridge: deps.bridge } : {}),
       ...(deps.yieldCpu ? { yieldCpu: deps.yieldCpu } : {}),
       ...(this.syndbg ? { syndbg: this.syndbg } : {}),
+      counters: new HypercallCounters(state.hypercallCounters, vpCount),
     });
   }
 

@@ -8,7 +8,8 @@
  *
  * Files: `tlfs.ts` numbers and wire layouts; `features.ts` the `--hv` switch; `cpuid.ts` leaves
  * and CPUID patching; `partition.ts`, `vp.ts`, `synic.ts`, `stimer.ts` register state;
- * `msrs.ts` MSR dispatch and filter ranges; `hypercall.ts` hypercalls; `syndbg.ts` the
+ * `msrs.ts` MSR dispatch and filter ranges; `hypercall.ts` hypercalls (`hypercall_counters.ts`
+ * counts them for `status`); `syndbg.ts` the
  * synthetic debugger (MSR and hypercall interfaces over a `DebugTransport`); `crash.ts` crash
  * reports; `time.ts` reference time; `hyperv.ts` the assembled partition.
  * @module
@@ -17,6 +18,7 @@ export * from "./cpuid.ts";
 export * from "./crash.ts";
 export * from "./features.ts";
 export * from "./hypercall.ts";
+export * from "./hypercall_counters.ts";
 export * from "./hyperv.ts";
 export * from "./msrs.ts";
 export * from "./partition.ts";

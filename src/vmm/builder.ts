@@ -23,7 +23,7 @@ import type { Kvm } from "../kvm/kvm.ts";
 import { Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
 import { ExitCounters } from "../kvm/exit_counters.ts";
-import { hasFeature, type HvFeatures } from "../hyperv/mod.ts";
+import { hasFeature, type HvFeatures, HypercallCounters } from "../hyperv/mod.ts";
 import {
   type MainEnlightenments as Enlightenments,
   setupEnlightenments,
@@ -62,7 +62,7 @@ import {
 } from "./ahci_host.ts";
 import { type FirmwareHost, type FirmwareThreadInit, installFirmware } from "./firmware_devices.ts";
 import { type ConsoleInput, watchSignals } from "./session.ts";
-import { startVcpuThreads, vcpuFailure } from "./vcpu_threads.ts";
+import { startVcpuThreads, vcpuFailure, type VcpuThreads } from "./vcpu_threads.ts";
 import { createRequestSlot, RequestSlotServer } from "../machine/main_thread_slot.ts";
 
 const log = getLogger("machine");
@@ -385,7 +385,8 @@ export async function bootOnce(
       inputs,
       vmbus !== undefined,
     );
-    // 7. The control socket's view.
+    // 7. The control socket's view (hypercall counters read the threads once they run).
+    let running: VcpuThreads | undefined;
     const exitCounters = Array.from({ length: config.cpus }, () => ExitCounters.createState());
     inputs.publish({
       cpus: config.cpus,
@@ -394,6 +395,15 @@ export async function bootOnce(
       scsi: inputs.scsi?.controller,
       exits: () => exitCounters.map((sab) => new ExitCounters(sab).snapshot()),
       ...(vmbus ? { doorbells: () => vmbus.doorbells.count } : {}),
+      ...(hv
+        ? {
+          hypercalls: () => {
+            const served = running?.flushesServed() ?? [];
+            return new HypercallCounters(hv.state.hypercallCounters, config.cpus).snapshot()
+              .map((s, i) => ({ ...s, flushesServed: served[i] ?? 0 }));
+          },
+        }
+        : {}),
       pci: () => pciStatus(board.state, board.main.pci),
       ...(board.framebuffer && board.main.display
         ? { screendump: screendumper(board.main.display, board.framebuffer.bytes) }
@@ -416,6 +426,7 @@ export async function bootOnce(
       exitCounters,
       logLevel: config.logLevel,
     });
+    running = threads;
     t.add(() => threads.terminate());
     log.info("{n} vCPU(s) started", { n: config.cpus });
 

@@ -30,11 +30,14 @@
  * channel doorbells that exited because no eventfd took them (`doorbell`), and
  * `msrWrites` by Hyper-V MSR index (`{"0x40000095":n}`): what an idle guest costs, exit by exit.
  * With VMBus, `doorbells` counts channel doorbells KVM completed through eventfds (no exit).
+ * With the enlightenments, `hypercalls` has one `HypercallStatus` per vCPU: what shows that PV
+ * TLB flushes and IPIs were made, succeeded and reached their targets.
  * @module
  */
 import type { IntegrationComponents } from "../devices/ic/mod.ts";
 import type { ScsiController } from "../devices/storage/mod.ts";
 import type { ExitSnapshot } from "../kvm/exit_counters.ts";
+import type { HypercallSnapshot } from "../hyperv/mod.ts";
 import type { VmbusServer } from "../vmbus/mod.ts";
 import { getLogger } from "../util/log.ts";
 import { listenUnixSocket } from "../util/unix_socket.ts";
@@ -57,6 +60,8 @@ export interface ControlTarget {
   screendump?: (path: string) => Promise<{ width: number; height: number }>;
   /** The PCI functions (`pci`). */
   pci?: () => PciDeviceStatus[];
+  /** Hypercall counters of each vCPU this boot (`status`'s `hypercalls`). */
+  hypercalls?: () => HypercallStatus[];
 }
 
 /** One function in the `pci` reply. */
@@ -78,6 +83,13 @@ export interface PciDeviceStatus {
   /** MSI-X enabled by the guest (false without the capability). */
   msix: boolean;
 }
+
+/**
+ * One vCPU in `status`'s `hypercalls`: its calls by name and result (`{"HvSendSyntheticClusterIpi":
+ * {"HV_STATUS_SUCCESS":n}}`), the VPs its flush and IPI calls targeted (`flushTargets`,
+ * `ipiTargets`, indexed by VP), and the remote TLB flush requests it served (`flushesServed`).
+ */
+export type HypercallStatus = HypercallSnapshot & { flushesServed: number };
 
 /** One disk in the `disks` reply. Counters count commands the backend completed successfully. */
 export interface DiskStatus {
@@ -155,6 +167,7 @@ export async function handleControlRequest(
           heartbeat: ics?.heartbeat.health ?? null,
           ...(target.exits ? { exits: target.exits() } : {}),
           ...(target.doorbells ? { doorbells: target.doorbells() } : {}),
+          ...(target.hypercalls ? { hypercalls: target.hypercalls() } : {}),
         };
       case "shutdown":
       case "reboot": {

@@ -32,6 +32,8 @@ export function vcpuCpuid(base: readonly CpuidEntry[], index: number, cpus: numb
 export interface VcpuThreads {
   /** The first thread that ends, whatever the reason. */
   readonly firstStop: Promise<VcpuThreadResult>;
+  /** Remote TLB flushes each vCPU has served (`VcpuControl.flushes`), by vCPU index. */
+  flushesServed(): number[];
   /** Asks every vCPU to stop; true when all threads ended within `timeoutMs`. */
   stop(timeoutMs: number): Promise<boolean>;
   /** Terminates the Workers and releases the kvm_run mappings (teardown). */
@@ -102,6 +104,7 @@ export function startVcpuThreads(o: {
   let terminated = false;
   return {
     firstStop: Promise.race(results),
+    flushesServed: () => controls.map((c) => c.flushes),
     async stop(timeoutMs) {
       for (const c of controls) c.request(VCPU_REQUEST.STOP);
       let timer: ReturnType<typeof setTimeout> | undefined;

@@ -4,6 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { assertMark, bootGuest, describeRun, guestEnvironment, guestTest } from "../harness.ts";
+import { buildMemoryMap } from "../../../src/machine/memory_map.ts";
+import { MIB } from "../../../src/machine/layout.ts";
 
 guestTest(
   "2 vCPUs and 512 MiB: the guest sees both CPUs and ~512 MiB, reads typed input, powers off fast",
@@ -19,8 +21,10 @@ guestTest(
     hd_mark cpus "$(grep -c ^processor /proc/cpuinfo)"
     hd_mark online "$(cat /sys/devices/system/cpu/online)"
     hd_mark memtotal_kib "$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
-    hd_mark e820_ram "$(dmesg | grep -c 'BIOS-e820: .* usable')"
-    hd_mark rtc_year "$(date +%Y)"
+    hd_mark e820 "$(dmesg | grep -o 'BIOS-e820: \\[mem 0x[0-9a-f]*-0x[0-9a-f]*\\] [A-Za-z ]*' | sed 's/ *$//' | tr '\\n' ';')"
+    # The CMOS clock (rtc_cmos reads the date and time registers) against the host's.
+    hd_mark rtc_epoch "$(cat /sys/class/rtc/rtc0/since_epoch)"
+    hd_mark rtc_date "$(cat /sys/class/rtc/rtc0/date)"
     hd_mark hypervisor "$(dmesg | grep -o 'Hypervisor detected: [A-Za-z -]*' | head -1)"
   `,
   },
@@ -33,7 +37,18 @@ guestTest(
       kib > 400 * 1024 && kib <= 512 * 1024,
       `MemTotal ${kib} KiB\n${describeRun(run, 20)}`,
     );
-    assertMark(run, "rtc_year", String(new Date().getUTCFullYear()));
+    // The e820 map Linux got is the one the VMM built for 512 MiB, entry by entry.
+    const names: Record<number, string> = { 1: "usable", 2: "reserved", 3: "ACPI data" };
+    const hex = (n: number) => `0x${n.toString(16).padStart(16, "0")}`;
+    const expected = buildMemoryMap(512 * MIB).e820.map((e) =>
+      `BIOS-e820: [mem ${hex(e.addr)}-${hex(e.addr + e.size - 1)}] ${names[e.type] ?? e.type};`
+    ).join("");
+    assertMark(run, "e820", expected);
+    // CMOS date and time: the host's UTC (no --rtc-offset), to the marks' latency.
+    const hostAt = Date.now() / 1000 - run.seconds + (run.markArrivals.get("rtc_epoch") ?? NaN);
+    const rtc = Number(run.marks.get("rtc_epoch"));
+    assert.ok(Math.abs(rtc - hostAt) < 30, `CMOS time ${rtc} vs host ${hostAt}`);
+    assertMark(run, "rtc_date", new Date(rtc * 1000).toISOString().slice(0, 10));
     assertMark(run, "typed", "hello from the host");
     // --hv none: a plain KVM guest (KVM's own CPUID leaves, kvm-clock), no Hyper-V identity.
     assertMark(run, "hypervisor", "Hypervisor detected: KVM");

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { assertMark, describeRun, guestTest } from "../harness.ts";
+import { hvPrivileges, hvRecommendations, parseHvFeatures } from "../../../src/hyperv/mod.ts";
 
 /** Window of the time-rate check: serial latency in the nested machine is a few hundred ms. */
 const SECONDS = 40;
@@ -39,10 +40,43 @@ guestTest(
   },
   (run) => {
     assertMark(run, "detected", "1");
-    assertMark(
-      run,
-      "hints",
-      /^Hyper-V: privilege flags low 0x[0-9a-f]+, high 0x[0-9a-f]+, hints 0x[0-9a-f]+$/,
+    // The CPUID leaves Linux read are the ones `--hv all` builds (0x40000003 EAX/EBX, 0x40000004
+    // EAX), and they carry the bits these features rest on (TLFS bit numbers, spelled out).
+    const m = /^Hyper-V: privilege flags low 0x([0-9a-f]+), high 0x([0-9a-f]+), hints 0x([0-9a-f]+)/
+      .exec(run.marks.get("hints") ?? "");
+    assert.ok(m, `no hints line: ${run.marks.get("hints")}\n${describeRun(run, 20)}`);
+    const [low, high, hints] = [m[1]!, m[2]!, m[3]!].map((h) => parseInt(h, 16)) as [
+      number,
+      number,
+      number,
+    ];
+    const all = parseHvFeatures("all");
+    const priv = hvPrivileges(all, true);
+    assert.equal(low, priv.eax, `privilege flags low 0x${low.toString(16)}`);
+    assert.equal(high, priv.ebx, `privilege flags high 0x${high.toString(16)}`);
+    assert.equal(hints, hvRecommendations(all), `hints 0x${hints.toString(16)}`);
+    const bits = (v: number, named: Record<string, number>) =>
+      Object.entries(named).filter(([, b]) => (v & (1 << b)) === 0).map(([n]) => n);
+    assert.deepEqual(
+      bits(hints, {
+        remoteTlbFlush: 2,
+        relaxedTiming: 5,
+        deprecatingAutoEoi: 9,
+        clusterIpi: 10,
+        exProcessorMasks: 11,
+      }),
+      [],
+      `hints 0x${hints.toString(16)} lacks bits`,
+    );
+    assert.deepEqual(
+      bits(low, { vpRuntime: 0, timeRefCount: 1, synic: 2, stimer: 3, hypercall: 5, vpIndex: 6 }),
+      [],
+      `privilege flags low 0x${low.toString(16)} lack bits`,
+    );
+    assert.deepEqual(
+      bits(high, { postMessages: 4, signalEvents: 5 }),
+      [],
+      `privilege flags high 0x${high.toString(16)} lack bits`,
     );
     assertMark(run, "paravirt", "1");
     assertMark(run, "tlbflush", "1");

@@ -13,6 +13,8 @@ import {
   guestEnvironment,
   guestTest,
 } from "../harness.ts";
+import { findHostKernel } from "../kit/host.ts";
+import { readModule } from "../kit/modules.ts";
 
 const IC_CLASSES = {
   shutdown: "{0e0b6031-5213-4934-818b-38d90ced39db}",
@@ -21,19 +23,56 @@ const IC_CLASSES = {
   kvp: "{a9a0f4e7-5a45-4d96-b827-8a841e8c03e6}",
 };
 
+/** hv_utils, put in the initramfs as a plain file: the body loads it after reading the clock. */
+async function hvUtilsFile(): Promise<Uint8Array | undefined> {
+  let k;
+  try {
+    k = findHostKernel();
+  } catch {
+    return undefined; // no kernel: the guest tests are skipped anyway
+  }
+  const dep = Deno.readTextFileSync(`${k.modulesDir}/modules.dep`);
+  const line = dep.split("\n").find((l) => /(^|\/)hv_utils\.ko(\.[a-z]+)?:/.test(l));
+  if (!line) throw new Error(`hv_utils is not in ${k.modulesDir}/modules.dep`);
+  return await readModule(`${k.modulesDir}/${line.slice(0, line.indexOf(":"))}`);
+}
+
+const HV_UTILS = await hvUtilsFile();
+const TIMESYNC_DIR = await Deno.makeTempDir({ prefix: "hyperdeno-vmbus-" });
+const TIMESYNC_SOCK = `${TIMESYNC_DIR}/control.sock`;
+let heartbeat: Record<string, unknown> | undefined;
+
 guestTest("VMBus 5.3 with the four integration components; time sync fixes a clock an hour off", {
   cpus: 2,
-  modules: ["hv_vmbus", "hv_utils"],
-  vmmArgs: ["--rtc-offset=-3600"],
+  modules: ["hv_vmbus"],
+  vmmArgs: ["--rtc-offset=-3600", "--control", TIMESYNC_SOCK],
+  files: HV_UTILS ? { "/hd/hv_utils.ko": { data: HV_UTILS, mode: 0o644 } } : {},
   script: `
+    # Before hv_utils: the kernel clock is what it read from the RTC, an hour behind.
+    hd_mark clock_before_sync "$(date -u +%s)"
+    insmod /hd/hv_utils.ko || hd_fail "insmod hv_utils"
+    for i in $(seq 1 30); do
+      [ "$(ls -d /sys/bus/vmbus/drivers/hv_utils/*-* 2>/dev/null | wc -l)" = 4 ] && break; sleep 1
+    done
     hd_mark version "$(dmesg | grep -o 'Vmbus version:[0-9.]*' | head -1)"
     hd_mark classes "$(cat /sys/bus/vmbus/devices/*/class_id | sort | tr '\\n' ' ')"
     hd_mark bound "$(ls -d /sys/bus/vmbus/drivers/hv_utils/*-* 2>/dev/null | wc -l)"
     hd_mark ic_versions "$(dmesg | grep -o -E '(Shutdown|TimeSync|Heartbeat) IC version [0-9.]*' | sort | tr '\\n' ';')"
-    # The RTC started an hour behind, so did the kernel clock; the time sync IC's SYNC sets it.
+    # The time sync IC's SYNC sets the kernel clock; the RTC stays an hour behind it.
     sleep 3
     hd_mark epoch "$(date -u +%s)"
+    hd_mark rtc_minus_clock "$(( $(cat /sys/class/rtc/rtc0/since_epoch) - $(date -u +%s) ))"
+    # Heartbeats every 2 s: by now the host has seen answers.
+    sleep 4
+    hd_mark heartbeat 1
+    read -t 60 -r reply
   `,
+  onMark: async (key) => {
+    if (key !== "heartbeat") return;
+    const status = await askControl(TIMESYNC_SOCK, { cmd: "status" }).catch(() => undefined);
+    heartbeat = status?.heartbeat as Record<string, unknown> | undefined;
+    return "go\n";
+  },
 }, (run) => {
   assertMark(run, "version", "Vmbus version:5.3");
   const classes = run.marks.get("classes") ?? "";
@@ -49,10 +88,27 @@ guestTest("VMBus 5.3 with the four integration components; time sync fixes a clo
     "ic_versions",
     /Heartbeat IC version 3\.0;.*Shutdown IC version 3\.2;.*TimeSync IC version 4\.0;/,
   );
-  const guestNow = Number(run.marks.get("epoch"));
-  const hostNow = Date.now() / 1000;
-  // Marks arrive within a few seconds of being taken; an hour off would be 3600.
-  assert.ok(Math.abs(hostNow - guestNow) < 30, `guest clock ${guestNow} vs host ${hostNow}`);
+  // Host wall time at which each mark arrived (marks reach the host within a second or two).
+  const hostStart = Date.now() / 1000 - run.seconds;
+  const hostAt = (key: string) => hostStart + (run.markArrivals.get(key) ?? NaN);
+  const before = Number(run.marks.get("clock_before_sync")) - hostAt("clock_before_sync");
+  const after = Number(run.marks.get("epoch")) - hostAt("epoch");
+  const ctx = `clock - host: ${before.toFixed(1)} s before time sync, ${after.toFixed(1)} s after` +
+    `\n${describeRun(run, 20)}`;
+  assert.ok(Math.abs(before + 3600) < 30, `the guest clock did not start an hour behind: ${ctx}`);
+  assert.ok(Math.abs(after) < 30, `time sync did not correct the clock: ${ctx}`);
+  const rtcMinusClock = Number(run.marks.get("rtc_minus_clock"));
+  assert.ok(Math.abs(rtcMinusClock + 3600) <= 2, `RTC - clock ${rtcMinusClock} s: ${ctx}`);
+  console.log(
+    `guest clock - host clock: ${before.toFixed(1)} s before time sync, ` +
+      `${after.toFixed(1)} s after; heartbeat ${JSON.stringify(heartbeat)}`,
+  );
+  // Heartbeat traffic: the guest answered the host's heartbeats (every 2 s) and is healthy.
+  assert.equal(heartbeat?.status, "healthy", `heartbeat ${JSON.stringify(heartbeat)}\n${ctx}`);
+  assert.ok(
+    Number(heartbeat?.answered) >= 2,
+    `heartbeat answers: ${JSON.stringify(heartbeat)}\n${ctx}`,
+  );
 });
 
 Deno.test({

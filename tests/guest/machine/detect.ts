@@ -34,6 +34,9 @@ export type MachineMode =
   | { readonly kind: "nested"; readonly why: string; readonly install: readonly string[] }
   | { readonly kind: "skip"; readonly why: string };
 
+/** The values `HYPERDENO_TEST_MACHINE` may take (empty or unset: decide from the host). */
+export const FORCED_MODES = ["direct", "nested", "none"] as const;
+
 /** Debian package that provides `qemu-system-x86_64`. */
 export const QEMU_PACKAGE = "qemu-system-x86";
 
@@ -72,10 +75,12 @@ export function decideMachineMode(f: MachineFacts): MachineMode {
         : { kind: "skip", why: `HYPERDENO_TEST_MACHINE=direct but ${problem}` };
     case "nested":
       return nested(f, "forced by HYPERDENO_TEST_MACHINE=nested");
+    case "none":
+      return { kind: "skip", why: "HYPERDENO_TEST_MACHINE=none asks for no guest runs" };
     default:
       return {
         kind: "skip",
-        why: `HYPERDENO_TEST_MACHINE=${f.forced} is not one of direct, nested`,
+        why: `HYPERDENO_TEST_MACHINE=${f.forced} is not one of ${FORCED_MODES.join(", ")}`,
       };
   }
   if (problem === undefined) {

@@ -65,6 +65,7 @@ Deno.test("detect: HYPERDENO_TEST_MACHINE forces a mode", () => {
   strictEqual(decideMachineMode({ ...HARDWARE, forced: "direct" }).kind, "direct");
   const bad = decideMachineMode({ ...HARDWARE, forced: "sideways" });
   strictEqual(bad.kind === "skip" && bad.why.includes("sideways"), true);
+  strictEqual(decideMachineMode({ ...HARDWARE, forced: "none" }).kind, "skip");
 });
 
 Deno.test("detect: non-x86_64 hosts skip", () => {

@@ -17,8 +17,16 @@ import {
 import { buildMemoryMap, type MemoryMap } from "../../../src/machine/memory_map.ts";
 import { UsageError } from "../../../src/util/errors.ts";
 import { fakeImage } from "./fake_bzimage.ts";
+import { findHostKernel } from "../../guest/kit/host.ts";
 
-const REAL_KERNEL = "/boot/vmlinuz-6.1.0-56-amd64";
+/** The installed Debian kernel (the guest tests' kernel; `deno task test` installs one). */
+const REAL_KERNEL = (() => {
+  try {
+    return findHostKernel().path;
+  } catch {
+    return "/boot/vmlinuz-missing";
+  }
+})();
 
 function memoryFor(map: MemoryMap): GuestMemory {
   return new GuestMemory(map.ram.map((r) => ({ gpa: r.gpa, bytes: new Uint8Array(r.size) })));
@@ -67,7 +75,7 @@ Deno.test("the real Debian kernel header parses", { ignore: !exists(REAL_KERNEL)
   strictEqual(h.kernelAlignment, 0x20_0000);
   ok(h.initSize > h.kernelSize);
   ok(h.cmdlineSize >= 255);
-  ok(h.version?.startsWith("6.1."), h.version);
+  ok(/^\d+\.\d+\./.test(h.version ?? ""), h.version);
 });
 
 Deno.test("placeKernel loads at pref_address and reserves init_size from the runtime start", () => {

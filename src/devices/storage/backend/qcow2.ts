@@ -223,10 +223,16 @@ export class Qcow2Backend implements DiskBackend {
             `repair it with 'qemu-img check -r all ${path}'`,
         );
       }
+      // Both tables must be in the file: zeros read past its end would later be written back
+      // at the offsets the header chose, growing the host file to any size.
       const l1 = new Uint8Array(h.l1Size * 8);
-      if (l1.length > 0) await file.read(l1, h.l1TableOffset);
+      if (l1.length > 0 && await file.read(l1, h.l1TableOffset) < l1.length) {
+        throw new Qcow2FormatError(`the L1 table lies past the end of the file`);
+      }
       const refTable = new Uint8Array(h.refcountTableClusters * cs);
-      await file.read(refTable, h.refcountTableOffset);
+      if (await file.read(refTable, h.refcountTableOffset) < refTable.length) {
+        throw new Qcow2FormatError(`the refcount table lies past the end of the file`);
+      }
       if (h.backingFile !== undefined) {
         const bpath = isAbsolute(h.backingFile)
           ? h.backingFile
@@ -274,11 +280,32 @@ export class Qcow2Backend implements DiskBackend {
         }
       }
     }
+    // Refcounts for clusters the file does not reach are hostile (or a truncated image): new
+    // clusters would go after them, growing the host file to wherever they point.
+    if (next > Math.ceil(fileSize / cs)) {
+      throw this.#corrupt(
+        `refcounts claim cluster ${next - 1}, past the end of the ${fileSize}-byte file ` +
+          `(repair it with 'qemu-img check -r all ${this.path}')`,
+      );
+    }
     this.#nextFree = next;
     if (this.header.version === 3 && this.header.autoclearFeatures !== 0n) {
       const b = new Uint8Array(8);
       await this.#file.write(b, HeaderField.AUTOCLEAR_FEATURES);
     }
+  }
+
+  /**
+   * `host` (a data cluster an L2 entry names, about to be written or freed) unless it lies past
+   * the first free cluster, where nothing this image holds can be: then it is hostile metadata,
+   * and writing or freeing it would grow the host file (or its refcounts) to the offset the
+   * image chose. Only for writable images (`#nextFree` is known).
+   */
+  #checkHostCluster(host: number): number {
+    if (host + this.#cs > this.#nextFree * this.#cs) {
+      throw this.#corrupt(`data cluster 0x${host.toString(16)} lies past the end of the image`);
+    }
+    return host;
   }
 
   #corrupt(why: string): DiskError {
@@ -294,7 +321,12 @@ export class Qcow2Backend implements DiskBackend {
   async #loadTable(offset: number): Promise<DataView> {
     const buf = new Uint8Array(this.#cs);
     const n = await this.#file.read(buf, offset);
-    if (n < buf.length) buf.fill(0, n);
+    // Every table this backend links is written before it is linked, so a table the file does
+    // not hold is hostile metadata: treating it as zeros would later write it, at an offset
+    // the image chose, growing the host file to any size.
+    if (n < buf.length) {
+      throw this.#corrupt(`the table at 0x${offset.toString(16)} lies past the end of the file`);
+    }
     return new DataView(buf.buffer);
   }
 
@@ -492,6 +524,7 @@ export class Qcow2Backend implements DiskBackend {
       for (const p of this.#pieces(offset, src.length)) {
         const m = await this.#lookup(p.gc);
         if (m.kind === "data") {
+          this.#checkHostCluster(m.host);
           const host = m.host + p.inOff;
           if (runHost >= 0 && runEnd === host && runBuf + (runEnd - runHost) === p.bufOff) {
             runEnd += p.n;
@@ -528,11 +561,13 @@ export class Qcow2Backend implements DiskBackend {
     for (const p of pieces) {
       const m = await this.#lookup(p.gc);
       if (m.kind === "data") {
+        this.#checkHostCluster(m.host);
         inPlace.push(this.#file.writev(src.slice(p.bufOff, p.n), m.host + p.inOff));
       } else if (m.kind === "compressed") {
         throw this.#compressed(p.gc);
       } else {
-        todo.push({ p, m, host: m.kind === "zero" ? m.host : 0 });
+        const host = m.kind === "zero" && m.host !== 0 ? this.#checkHostCluster(m.host) : 0;
+        todo.push({ p, m, host });
       }
     }
     await Promise.all(inPlace);
@@ -731,11 +766,11 @@ export class Qcow2Backend implements DiskBackend {
               zeroWrites.push(p);
               continue;
             }
-            if (m.kind === "data") freed.push(m.host);
+            if (m.kind === "data") freed.push(this.#checkHostCluster(m.host));
             updates.push({ gc: p.gc, host: 0, zero: false });
             continue;
           }
-          if (m.kind === "data" || m.kind === "zero") freed.push(m.host);
+          if (m.kind === "data" || m.kind === "zero") freed.push(this.#checkHostCluster(m.host));
           if (this.#l2OffsetOf(p.gc) === 0) {
             await this.#ensureL2(Math.floor(p.gc / this.#l2Entries));
           }
