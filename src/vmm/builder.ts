@@ -386,7 +386,7 @@ export async function bootOnce(
       vmbus !== undefined,
     );
     // 7. The control socket's view (hypercall counters read the threads once they run).
-    let running: VcpuThreads | undefined;
+    const running: { threads?: VcpuThreads } = {};
     const exitCounters = Array.from({ length: config.cpus }, () => ExitCounters.createState());
     inputs.publish({
       cpus: config.cpus,
@@ -398,7 +398,7 @@ export async function bootOnce(
       ...(hv
         ? {
           hypercalls: () => {
-            const served = running?.flushesServed() ?? [];
+            const served = running.threads?.flushesServed() ?? [];
             return new HypercallCounters(hv.state.hypercallCounters, config.cpus).snapshot()
               .map((s, i) => ({ ...s, flushesServed: served[i] ?? 0 }));
           },
@@ -426,7 +426,7 @@ export async function bootOnce(
       exitCounters,
       logLevel: config.logLevel,
     });
-    running = threads;
+    running.threads = threads;
     t.add(() => threads.terminate());
     log.info("{n} vCPU(s) started", { n: config.cpus });
 
