@@ -16,6 +16,7 @@ import {
   parseSyndbg,
   type VmConfig,
 } from "./src/vmm/config.ts";
+import { judgeKvmHost, kvmRefusal, readKvmHostFacts } from "./src/kvm/host_support.ts";
 import { parseDiskSpec } from "./src/devices/storage/backend/disk_spec.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
@@ -173,6 +174,10 @@ export async function main(args: string[]): Promise<number> {
           return 0;
         }
         const config = parseBootArgs(rest);
+        // Before anything is read or built: a /dev/kvm that cannot run the guest (PVM hangs it
+        // silently) is refused at once, with what to do instead.
+        const verdict = judgeKvmHost(readKvmHostFacts());
+        if (!verdict.ok) throw new UsageError(kvmRefusal(verdict));
         const { configureLogging } = await import("./src/vmm/logging.ts");
         await configureLogging(config.logLevel);
         const { runVm } = await import("./src/vmm/vmm.ts");
