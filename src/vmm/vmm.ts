@@ -30,6 +30,7 @@ import { EventLoop } from "./event_loop.ts";
 import { attachPcDevices, createPcDeviceState } from "./pc_devices.ts";
 import type { VcpuThreadInit, VcpuThreadResult } from "./vcpu_thread.ts";
 import { installAcpi } from "./acpi.ts";
+import { startSummary } from "./start_summary.ts";
 import { openDebugSocket } from "./syndbg_udp.ts";
 
 const log = getLogger("machine");
@@ -113,6 +114,9 @@ export async function runVm(config: VmConfig): Promise<number> {
   // The debugger link outlives guest resets too, like the debug session it carries.
   const syndbg = config.syndbg ? openSyndbg(config.syndbg) : undefined;
   const serialFd = openSerial(config);
+  // Everything the user gave is open and checked: say what runs before the guest says anything
+  // (and before a terminal goes raw, where a newline would not return the carriage).
+  if (config.logLevel !== "error") console.error(startSummary(config, features));
   const raw = enterRawMode(config);
   const consoleInput: ConsoleInput = { target: undefined };
   const stdin = config.serial.kind === "stdio" ? forwardStdin(consoleInput) : undefined;
