@@ -2,20 +2,16 @@
  * `deno task test`: the whole suite. Unit tests first (`deno test -A tests/unit`), then the guest
  * tests (`tests/guest/**\/*_test.ts`) on a machine that can run a stock 64-bit guest: this host
  * when its /dev/kvm can (direct), else the nested QEMU test machine, else they are skipped with
- * the reason. Installs missing Debian packages it needs (apt-get, as root). Ends with the line
+ * the reason. Installs missing Debian packages it needs (apt-get, as root; `guest/install.ts`,
+ * shared with `deno task demo`). Ends with the line
  * `N passed, N failed, N skipped` and exits non-zero when anything failed.
  *
  * Environment: `HYPERDENO_TEST_MACHINE=direct|nested` forces the mode; `HYPERDENO_TEST_VERBOSE=1`
  * shows the test machine's kernel console; `HYPERDENO_TEST_NO_INSTALL=1` never runs apt-get.
  * @module
  */
-import { findHostKernel, findStaticBusybox } from "./guest/kit/host.ts";
-import {
-  decideMachineMode,
-  gatherMachineFacts,
-  type MachineMode,
-  which,
-} from "./guest/machine/detect.ts";
+import type { MachineMode } from "./guest/machine/detect.ts";
+import { prepareGuestHost } from "./guest/install.ts";
 import { runInTestMachine } from "./guest/machine/test_machine.ts";
 
 /** Test counts. */
@@ -85,62 +81,6 @@ function listTests(dir: string): string[] {
   return out.sort();
 }
 
-let aptUpdated = false;
-
-async function aptInstall(packages: readonly string[]): Promise<boolean> {
-  if (packages.length === 0) return true;
-  if (Deno.env.get("HYPERDENO_TEST_NO_INSTALL") === "1") {
-    say(
-      `missing Debian packages ${packages.join(" ")}; not installing (HYPERDENO_TEST_NO_INSTALL)`,
-    );
-    return false;
-  }
-  if (Deno.uid() !== 0 || which("apt-get") === undefined) {
-    say(
-      `missing Debian packages ${packages.join(" ")}; install them as root: ` +
-        `apt-get install ${packages.join(" ")}`,
-    );
-    return false;
-  }
-  const env = { DEBIAN_FRONTEND: "noninteractive" };
-  if (!aptUpdated) {
-    say("apt-get update");
-    const up = await new Deno.Command("apt-get", { args: ["update"], env }).spawn().status;
-    if (!up.success) return false;
-    aptUpdated = true;
-  }
-  say(`apt-get install ${packages.join(" ")} (needed by the guest tests)`);
-  const st = await new Deno.Command("apt-get", {
-    args: ["install", "-y", "--no-install-recommends", ...packages],
-    env,
-  }).spawn().status;
-  return st.success;
-}
-
-/** Debian packages the guest kit needs that are not installed. */
-async function missingKitPackages(): Promise<string[]> {
-  const missing: string[] = [];
-  try {
-    findHostKernel();
-  } catch {
-    missing.push("linux-image-amd64");
-  }
-  try {
-    await findStaticBusybox();
-  } catch {
-    missing.push("busybox-static");
-  }
-  // The storage guest tests make and check qcow2 images with qemu-img.
-  if (!which("qemu-img")) missing.push("qemu-utils");
-  // The KVP guest test runs Debian's own hv_kvp_daemon inside the guest.
-  try {
-    Deno.statSync("/usr/sbin/hv_kvp_daemon");
-  } catch {
-    missing.push("hyperv-daemons");
-  }
-  return missing;
-}
-
 async function denoTest(args: string[], junit: string): Promise<Counts & { code: number }> {
   await Deno.remove(junit).catch(() => {});
   const st = await new Deno.Command(Deno.execPath(), {
@@ -178,16 +118,11 @@ async function guestTests(guestFiles: string[]): Promise<Counts> {
     say(`SKIPPED: ${guestFiles.length} guest test file(s) not run: ${why}`);
     return { passed: 0, failed: 0, skipped: guestFiles.length };
   };
-  const missing = await missingKitPackages();
-  if (missing.length > 0 && !(await aptInstall(missing))) {
-    return skipAll(`the guest kit needs ${missing.join(", ")}`);
-  }
-  let mode: MachineMode = decideMachineMode(gatherMachineFacts());
+  // Installs the guest kit's packages, and QEMU when the nested test machine is needed.
+  const prepared = await prepareGuestHost("test", say);
+  if (prepared.problem !== undefined) return skipAll(`the guest kit: ${prepared.problem}`);
+  const mode: MachineMode = prepared.mode;
   say(`guest tests: ${mode.kind} mode (${mode.why})`);
-  if (mode.kind === "nested" && mode.install.length > 0) {
-    if (!(await aptInstall(mode.install))) return skipAll(`could not install ${mode.install}`);
-    mode = decideMachineMode(gatherMachineFacts());
-  }
   await Deno.mkdir(RESULTS, { recursive: true });
   const junit = `${RESULTS}/guest.xml`;
   const rel = guestFiles.map((f) => f.slice(REPO.length + 1));
