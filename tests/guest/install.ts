@@ -37,6 +37,8 @@ export interface InstallFacts {
   readonly qemuImg: boolean;
   /** `/usr/sbin/hv_kvp_daemon`. */
   readonly kvpDaemon: boolean;
+  /** A C compiler (`$CC` or `cc`) and the static C library, for the guest tools. */
+  readonly staticCompiler: boolean;
 }
 
 /** Debian packages the guest kit needs, each with the reason given to the user. */
@@ -57,6 +59,15 @@ export const KIT_PACKAGES = {
     name: "hyperv-daemons",
     why: "the KVP test runs Debian's hv_kvp_daemon inside the guest",
   },
+  compiler: {
+    name: "gcc",
+    why: "builds the static guest tools (tests/guest/tools: the test machine's " +
+      "kvm_pin_apic_keys, which keeps its CPUs from locking up, and the storage tests' odirect)",
+  },
+  staticLibc: {
+    name: "libc6-dev",
+    why: "the static C library those tools link with",
+  },
 } as const satisfies Record<string, PackageNeed>;
 
 /** The packages `purpose` needs that `facts` say are missing, in install order. */
@@ -67,17 +78,25 @@ export function neededPackages(purpose: InstallPurpose, facts: InstallFacts): Pa
   if (purpose === "test") {
     if (!facts.qemuImg) needs.push(KIT_PACKAGES.qemuImg);
     if (!facts.kvpDaemon) needs.push(KIT_PACKAGES.kvpDaemon);
+    if (!facts.staticCompiler) needs.push(...compilerPackages());
   }
   return needs;
 }
 
-/** The packages the nested test machine needs in `mode` (QEMU), each with why. */
-export function machinePackages(mode: MachineMode): PackageNeed[] {
+function compilerPackages(): PackageNeed[] {
+  return [KIT_PACKAGES.compiler, KIT_PACKAGES.staticLibc];
+}
+
+/** The packages the nested test machine needs in `mode` (QEMU, and a compiler for its
+ * kvm_pin_apic_keys), each with why; none outside nested mode. */
+export function machinePackages(mode: MachineMode, facts: InstallFacts): PackageNeed[] {
   if (mode.kind !== "nested") return [];
-  return mode.install.map((name) => ({
+  const needs: PackageNeed[] = mode.install.map((name) => ({
     name,
     why: `the test machine (QEMU TCG with nested SVM), because ${mode.why}`,
   }));
+  if (!facts.staticCompiler) needs.push(...compilerPackages());
+  return needs;
 }
 
 /** Reads `InstallFacts` from this host. */
@@ -89,13 +108,25 @@ export async function gatherInstallFacts(): Promise<InstallFacts> {
     kernel = false;
   }
   const staticBusybox = await findStaticBusybox().then(() => true, () => false);
-  let kvpDaemon = true;
+  const cc = Deno.env.get("CC");
+  const staticCompiler = (cc !== undefined && cc !== "") ||
+    (which("cc") !== undefined && exists("/usr/lib/x86_64-linux-gnu/libc.a"));
+  return {
+    kernel,
+    staticBusybox,
+    qemuImg: which("qemu-img") !== undefined,
+    kvpDaemon: exists("/usr/sbin/hv_kvp_daemon"),
+    staticCompiler,
+  };
+}
+
+function exists(path: string): boolean {
   try {
-    Deno.statSync("/usr/sbin/hv_kvp_daemon");
+    Deno.statSync(path);
+    return true;
   } catch {
-    kvpDaemon = false;
+    return false;
   }
-  return { kernel, staticBusybox, qemuImg: which("qemu-img") !== undefined, kvpDaemon };
 }
 
 /** Where the installer's messages go (default: `==> ` lines on stdout). */
@@ -196,8 +227,9 @@ export async function prepareGuestHost(
   installSeconds += kit.seconds;
   let mode = decideMachineMode(gatherMachineFacts());
   if (!kit.ok) return { mode, installSeconds, problem: kit.problem ?? "packages missing" };
-  if (mode.kind === "nested" && mode.install.length > 0) {
-    const qemu = await installPackages(machinePackages(mode), say);
+  const machineNeeds = machinePackages(mode, await gatherInstallFacts());
+  if (machineNeeds.length > 0) {
+    const qemu = await installPackages(machineNeeds, say);
     installSeconds += qemu.seconds;
     mode = decideMachineMode(gatherMachineFacts());
     if (!qemu.ok) {

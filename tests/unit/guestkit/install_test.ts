@@ -15,12 +15,14 @@ const NOTHING: InstallFacts = {
   staticBusybox: false,
   qemuImg: false,
   kvpDaemon: false,
+  staticCompiler: false,
 };
 const EVERYTHING: InstallFacts = {
   kernel: true,
   staticBusybox: true,
   qemuImg: true,
   kvpDaemon: true,
+  staticCompiler: true,
 };
 
 const names = (p: { name: string }[]) => p.map((n) => n.name);
@@ -32,6 +34,8 @@ Deno.test("install: a bare host gets the kit for the demo, and the test tools fo
     "busybox-static",
     "qemu-utils",
     "hyperv-daemons",
+    "gcc",
+    "libc6-dev",
   ]);
 });
 
@@ -62,20 +66,25 @@ const PVM_NO_QEMU: MachineFacts = {
   forced: undefined,
 };
 
-Deno.test("install: QEMU for the test machine exactly when the nested machine needs it", () => {
-  const nested = machinePackages(decideMachineMode(PVM_NO_QEMU));
+Deno.test("install: QEMU and a compiler exactly when the nested machine needs them", () => {
+  const nested = machinePackages(decideMachineMode(PVM_NO_QEMU), EVERYTHING);
   deepStrictEqual(names(nested), ["qemu-system-x86"]);
   match(nested[0]!.why, /test machine .*because \/dev\/kvm is PVM/);
-  deepStrictEqual(
-    machinePackages(decideMachineMode({ ...PVM_NO_QEMU, qemuPath: "/usr/bin/qemu" })),
-    [],
-  );
-  deepStrictEqual(
-    machinePackages(
-      decideMachineMode({ ...PVM_NO_QEMU, kvmPvm: false, hardwareVirtualization: true }),
-    ),
-    [],
-  );
+  // The machine's kvm_pin_apic_keys is built with cc: a bare host gets gcc and libc6-dev too.
+  deepStrictEqual(names(machinePackages(decideMachineMode(PVM_NO_QEMU), NOTHING)), [
+    "qemu-system-x86",
+    "gcc",
+    "libc6-dev",
+  ]);
+  const withQemu = decideMachineMode({ ...PVM_NO_QEMU, qemuPath: "/usr/bin/qemu" });
+  deepStrictEqual(machinePackages(withQemu, EVERYTHING), []);
+  deepStrictEqual(names(machinePackages(withQemu, NOTHING)), ["gcc", "libc6-dev"]);
+  const hardware = decideMachineMode({
+    ...PVM_NO_QEMU,
+    kvmPvm: false,
+    hardwareVirtualization: true,
+  });
+  deepStrictEqual(machinePackages(hardware, NOTHING), []);
 });
 
 Deno.test("install: HYPERDENO_TEST_NO_INSTALL says what is missing and runs nothing", async () => {
