@@ -42,13 +42,35 @@ function hasDeno(dir: string): boolean {
   }
 }
 
+/** The machine's network setup (TLS trust, proxies), which a new user on it has too. Deno reads
+ * NODE_EXTRA_CA_CERTS for npm downloads. */
+export const MACHINE_NETWORK_ENV = [
+  "NODE_EXTRA_CA_CERTS",
+  "SSL_CERT_FILE",
+  "SSL_CERT_DIR",
+  "DENO_CERT",
+  "DENO_TLS_CA_STORE",
+  "HTTP_PROXY",
+  "HTTPS_PROXY",
+  "NO_PROXY",
+  "http_proxy",
+  "https_proxy",
+  "no_proxy",
+];
+
 /** The environment of a new user: an empty HOME, a plain PATH without any Deno (this host's
- * own Deno may sit in /usr/local/bin; a fresh machine has none), nothing of ours. */
+ * own Deno may sit in /usr/local/bin; a fresh machine has none), the machine's network setup
+ * (`machineEnv`, default this process's), nothing of ours. */
 export function freshEnvironment(
   home: string,
   pathHasDeno: (dir: string) => boolean = hasDeno,
+  machineEnv: Readonly<Record<string, string>> = Deno.env.toObject(),
 ): Record<string, string> {
+  const network = Object.fromEntries(
+    MACHINE_NETWORK_ENV.filter((k) => machineEnv[k] !== undefined).map((k) => [k, machineEnv[k]!]),
+  );
   return {
+    ...network,
     HOME: home,
     PATH: PLAIN_PATH.filter((d) => !pathHasDeno(d)).join(":"),
     LANG: "C.UTF-8",

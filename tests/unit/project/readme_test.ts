@@ -33,7 +33,13 @@ Deno.test("quick start: parsing, a fresh environment, and download lines", () =>
     ["a b", "d"],
   );
   assert.throws(() => quickStartCommands("## Other\n"), /no '## Quick start'/);
-  const env = freshEnvironment("/tmp/h", (dir) => dir === "/usr/local/bin");
+  const env = freshEnvironment("/tmp/h", (dir) => dir === "/usr/local/bin", {
+    HOME: "/root",
+    DENO_DIR: "/root/.cache/deno",
+    HYPERDENO_TEST_MACHINE: "nested",
+    NODE_EXTRA_CA_CERTS: "/etc/ca.pem",
+  });
+  assert.equal(env.NODE_EXTRA_CA_CERTS, "/etc/ca.pem");
   assert.equal(env.HOME, "/tmp/h");
   assert.equal(env.DENO_DIR, "/tmp/h/.cache/deno");
   assert.equal(env.npm_config_cache, "/tmp/h/.npm");
