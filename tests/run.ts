@@ -3,8 +3,8 @@
  * tests (`tests/guest/**\/*_test.ts`) on a machine that can run a stock 64-bit guest: this host
  * when its /dev/kvm can (direct), else the nested QEMU test machine, else they are skipped with
  * the reason. Installs missing Debian packages it needs (apt-get, as root; `guest/install.ts`,
- * shared with `deno task demo`). Ends with the line
- * `N passed, N failed, N skipped` and exits non-zero when anything failed.
+ * shared with `deno task demo`). Ends with the line `N passed, N failed, N skipped` and exits
+ * non-zero when anything failed.
  *
  * Environment: `HYPERDENO_TEST_MACHINE=direct|nested` forces the mode; `HYPERDENO_TEST_VERBOSE=1`
  * shows the test machine's kernel console; `HYPERDENO_TEST_NO_INSTALL=1` never runs apt-get.
