@@ -1,6 +1,7 @@
 /**
  * `deno task test`: the whole suite. First installs the Debian packages the tests need (apt-get,
- * as root: the kernel, busybox, qemu-img, iasl, a C compiler…), so a fresh machine runs every test
+ * as root, through `guest/install.ts`, the installer `deno task demo` shares: the kernel,
+ * busybox, qemu-img, iasl, a C compiler, OVMF, GRUB's ISO tools, QEMU when needed…), so a fresh machine runs every test
  * on its first run; then the unit tests (`deno test -A tests/unit`), then the guest tests
  * (`tests/guest/**\/*_test.ts`) on a machine that can run a stock 64-bit guest: this host when its
  * /dev/kvm can (direct), else the nested QEMU test machine, else they are skipped with the reason
@@ -15,15 +16,8 @@
  * `HYPERDENO_TEST_NO_INSTALL=1` never runs apt-get.
  * @module
  */
-import { findHostKernel, findStaticBusybox } from "./guest/kit/host.ts";
-import { missingGrubIsoPackages } from "./guest/kit/grub_iso.ts";
-import {
-  decideMachineMode,
-  FORCED_MODES,
-  gatherMachineFacts,
-  type MachineMode,
-  which,
-} from "./guest/machine/detect.ts";
+import { FORCED_MODES, type MachineMode } from "./guest/machine/detect.ts";
+import { type PreparedHost, prepareGuestHost } from "./guest/install.ts";
 import { runInTestMachine } from "./guest/machine/test_machine.ts";
 
 /** Test counts. */
@@ -102,84 +96,6 @@ function listTests(dir: string): string[] {
   return out.sort();
 }
 
-let aptUpdated = false;
-
-async function aptInstall(packages: readonly string[]): Promise<boolean> {
-  if (packages.length === 0) return true;
-  if (Deno.env.get("HYPERDENO_TEST_NO_INSTALL") === "1") {
-    say(
-      `missing Debian packages ${packages.join(" ")}; not installing (HYPERDENO_TEST_NO_INSTALL)`,
-    );
-    return false;
-  }
-  if (Deno.uid() !== 0 || which("apt-get") === undefined) {
-    say(
-      `missing Debian packages ${packages.join(" ")}; install them as root: ` +
-        `apt-get install ${packages.join(" ")}`,
-    );
-    return false;
-  }
-  const env = { DEBIAN_FRONTEND: "noninteractive" };
-  if (!aptUpdated) {
-    say("apt-get update");
-    const up = await new Deno.Command("apt-get", { args: ["update"], env }).spawn().status;
-    if (!up.success) return false;
-    aptUpdated = true;
-  }
-  say(`apt-get install ${packages.join(" ")} (needed by the guest tests)`);
-  const st = await new Deno.Command("apt-get", {
-    args: ["install", "-y", "--no-install-recommends", ...packages],
-    env,
-  }).spawn().status;
-  return st.success;
-}
-
-/** Debian packages the unit tests use when present (they skip their checks without them). */
-function missingUnitPackages(): string[] {
-  const missing: string[] = [];
-  if (!which("iasl")) missing.push("acpica-tools"); // ACPI tables disassembled and recompiled
-  if (!which("cc") && Deno.env.get("CC") === undefined) missing.push("gcc", "libc6-dev");
-  if (!which("objdump")) missing.push("binutils"); // the hypercall page disassembled
-  return missing;
-}
-
-/** Debian packages the guest kit needs that are not installed. */
-async function missingKitPackages(): Promise<string[]> {
-  const missing: string[] = [];
-  try {
-    findHostKernel();
-  } catch {
-    missing.push("linux-image-amd64");
-  }
-  try {
-    await findStaticBusybox();
-  } catch {
-    missing.push("busybox-static");
-  }
-  // The storage guest tests make and check qcow2 images with qemu-img.
-  if (!which("qemu-img")) missing.push("qemu-utils");
-  // The OVMF reference test boots Debian's OVMF from a GRUB ISO it makes with grub-mkrescue.
-  missing.push(...missingGrubIsoPackages());
-  try {
-    Deno.statSync("/usr/share/OVMF/OVMF_CODE_4M.fd");
-  } catch {
-    missing.push("ovmf");
-  }
-  // Guest tools (tests/guest/tools/*.c) are built static: a compiler and libc.a.
-  try {
-    Deno.statSync("/usr/lib/x86_64-linux-gnu/libc.a");
-  } catch {
-    if (Deno.build.arch === "x86_64") missing.push("libc6-dev");
-  }
-  // The KVP guest test runs Debian's own hv_kvp_daemon inside the guest.
-  try {
-    Deno.statSync("/usr/sbin/hv_kvp_daemon");
-  } catch {
-    missing.push("hyperv-daemons");
-  }
-  return missing;
-}
-
 async function denoTest(
   args: string[],
   junit: string,
@@ -237,7 +153,7 @@ function add(a: Counts, b: Counts): Counts {
 /** Why the guest tests were not run, when they were not. */
 let guestSkipReason: string | undefined;
 
-async function guestTests(guestFiles: string[]): Promise<Counts> {
+async function guestTests(guestFiles: string[], prepared: PreparedHost): Promise<Counts> {
   const rel = guestFiles.map((f) => f.slice(REPO.length + 1));
   const skipAll = async (why: string): Promise<Counts> => {
     guestSkipReason = why;
@@ -248,18 +164,9 @@ async function guestTests(guestFiles: string[]): Promise<Counts> {
       HYPERDENO_TEST_MACHINE: "none",
     });
   };
-  const missing = await missingKitPackages();
-  if (missing.length > 0 && !(await aptInstall(missing))) {
-    return await skipAll(`the guest kit needs ${missing.join(", ")}`);
-  }
-  let mode: MachineMode = decideMachineMode(gatherMachineFacts());
+  if (prepared.problem !== undefined) return await skipAll(`the guest kit: ${prepared.problem}`);
+  const mode: MachineMode = prepared.mode;
   say(`guest tests: ${mode.kind} mode (${mode.why})`);
-  if (mode.kind === "nested" && mode.install.length > 0) {
-    if (!(await aptInstall(mode.install))) {
-      return await skipAll(`could not install ${mode.install}`);
-    }
-    mode = decideMachineMode(gatherMachineFacts());
-  }
   await Deno.mkdir(RESULTS, { recursive: true });
   const junit = `${RESULTS}/guest.xml`;
   switch (mode.kind) {
@@ -346,8 +253,9 @@ async function main(): Promise<number> {
 
   // Packages first, so that the unit tests that use them (qemu-img, iasl, busybox, the kernel,
   // the C compiler) run on a fresh machine's first run instead of skipping.
-  const wanted = [...new Set([...missingUnitPackages(), ...(await missingKitPackages())])];
-  if (wanted.length > 0) await aptInstall(wanted);
+  // One installer for `test` and `demo` (guest/install.ts): what it installs and why, then QEMU
+  // when guests must run in the nested test machine.
+  const prepared = await prepareGuestHost("test", say);
 
   const unitFiles = listTests(`${REPO}/tests/unit`);
   if (unitFiles.length > 0) {
@@ -360,7 +268,7 @@ async function main(): Promise<number> {
   const guestFiles = listTests(`${REPO}/tests/guest`);
   let guestSkipped = 0;
   if (guestFiles.length > 0) {
-    const guest = await guestTests(guestFiles);
+    const guest = await guestTests(guestFiles, prepared);
     guestSkipped = guest.skipped;
     total = add(total, guest);
   } else {

@@ -7,6 +7,7 @@ import { C, check, close, libc, open, SysError } from "../../ffi/libc.ts";
 import { KVM, KVM_IOCTL, KVM_STRUCT } from "../../ffi/kvm_abi.ts";
 import { UsageError } from "../util/errors.ts";
 import { Vm } from "./vm.ts";
+import { PVM_MODULE_PATH } from "./host_support.ts";
 
 /** One CPUID leaf as KVM reports and takes it. */
 export interface CpuidEntry {
@@ -30,7 +31,7 @@ export function kvmFlavour(): KvmFlavour {
     return "absent";
   }
   try {
-    Deno.statSync("/sys/module/kvm_pvm");
+    Deno.statSync(PVM_MODULE_PATH);
     return "pvm";
   } catch {
     return "hardware";

@@ -3,6 +3,7 @@
  * user-facing values (sizes, serial spec). Every bad value is a `UsageError` with one clear line.
  * @module
  */
+import { checkSocketPath } from "../util/unix_socket.ts";
 import { UsageError } from "../util/errors.ts";
 import type { DiskSpec } from "../devices/storage/mod.ts";
 import { type HvFeatures, parseHvFeatures } from "../hyperv/features.ts";
@@ -209,4 +210,12 @@ export function hvFeaturesOf(config: Pick<VmConfig, "hv" | "syndbg">): HvFeature
     );
   }
   return features;
+}
+
+/**
+ * Checks every flag that names a path the VMM will create (sockets): nothing there, or a stale
+ * socket. Throws a `UsageError` naming the flag and the path otherwise; changes nothing.
+ */
+export async function checkPathFlags(config: VmConfig): Promise<void> {
+  if (config.controlPath !== undefined) await checkSocketPath(config.controlPath, "--control");
 }

@@ -4,8 +4,8 @@
  * @module
  */
 import { KVM } from "../../ffi/kvm_abi.ts";
-import { Kvm, kvmFlavour } from "../kvm/kvm.ts";
-import { UsageError } from "../util/errors.ts";
+import { Kvm } from "../kvm/kvm.ts";
+import { judgeKvmHost, readKvmHostFacts } from "../kvm/host_support.ts";
 
 /** Capabilities the VMM uses, with what each is for. */
 const CAPS: [string, number, string][] = [
@@ -25,42 +25,32 @@ const CAPS: [string, number, string][] = [
   ["KVM_CAP_HYPERV", KVM.KVM_CAP_HYPERV, "in-kernel Hyper-V (not needed: we do it in TS)"],
 ];
 
-/** Prints the report; returns 0 when stock 64-bit guests can run here, 1 otherwise. */
+/** Prints the report; returns 0 when stock 64-bit guests can run here, 1 otherwise. The verdict
+ * is the one `boot` acts on (`judgeKvmHost`). */
 export function doctor(): number {
-  const flavour = kvmFlavour();
-  console.log(`/dev/kvm: ${flavour === "absent" ? "absent" : "present"}`);
-  if (flavour === "absent") {
-    console.log("verdict: no KVM here. Guest tests run in the nested test machine (QEMU TCG).");
-    return 1;
-  }
-  let kvm: Kvm;
-  try {
-    kvm = Kvm.open();
-  } catch (e) {
-    if (e instanceof UsageError) {
-      console.log(`verdict: ${e.message}`);
-      return 1;
-    }
-    throw e;
-  }
-  try {
+  const facts = readKvmHostFacts();
+  const verdict = judgeKvmHost(facts);
+  console.log(`/dev/kvm: ${facts.kvmPresent ? "present" : "absent"}`);
+  if (facts.kvmAccessible) {
+    using kvm = Kvm.open();
     console.log(`API version: ${kvm.apiVersion()}`);
     console.log(
-      `implementation: ${flavour === "pvm" ? "PVM (kvm_pvm module)" : "hardware virtualization"}`,
+      `implementation: ${
+        facts.kvmPvm
+          ? "PVM (kvm_pvm module)"
+          : facts.hardwareVirtualization
+          ? "hardware virtualization"
+          : "unknown (no vmx/svm, no kvm_intel/kvm_amd)"
+      }`,
     );
     for (const [name, cap, why] of CAPS) {
       console.log(`  ${name.padEnd(28)} ${String(kvm.checkExtension(cap)).padStart(5)}  ${why}`);
     }
-    if (flavour === "pvm") {
-      console.log(
-        "verdict: PVM-based KVM cannot run a stock 64-bit guest (it emulates real-mode and 32-bit " +
-          "code only). Use `deno task test`, which runs guests in the nested test machine.",
-      );
-      return 1;
-    }
-    console.log("verdict: this host can run stock 64-bit guests directly.");
-    return 0;
-  } finally {
-    kvm.close();
   }
+  if (!verdict.ok) {
+    console.log(`verdict: ${verdict.why}. To run guests: ${verdict.advice}.`);
+    return 1;
+  }
+  console.log("verdict: this host can run stock 64-bit guests directly.");
+  return 0;
 }

@@ -15,9 +15,9 @@ import { openDisk, ScsiController, ScsiDisk } from "../devices/storage/mod.ts";
 import { parseBzImage } from "../machine/linux_boot.ts";
 import { buildMemoryMap } from "../machine/memory_map.ts";
 import { UsageError } from "../util/errors.ts";
-import { checkSocketPath } from "../util/unix_socket.ts";
 import { getLogger } from "../util/log.ts";
-import { hvFeaturesOf, type SyndbgSpec, type VmConfig } from "./config.ts";
+import { checkPathFlags, hvFeaturesOf, type SyndbgSpec, type VmConfig } from "./config.ts";
+import { startSummary } from "./start_summary.ts";
 import { type ControlTarget, serveControl } from "./control.ts";
 import { Rtc } from "../machine/devices/rtc.ts";
 import { bootOnce } from "./builder.ts";
@@ -67,8 +67,9 @@ export async function runVm(config: VmConfig): Promise<number> {
     parseBzImage(kernel, config.kernelPath);
   }
   const doorbellEventfds = doorbellEventfdsFromEnv(Deno.env.get("HYPERDENO_DOORBELL_EVENTFDS"));
-  // A socket path that names someone's file is the user's to fix: say so before looking for KVM.
-  if (config.controlPath !== undefined) await checkSocketPath(config.controlPath, "--control");
+  // A path flag that names someone's file is the user's to fix, on any host (cli.ts checks it
+  // before the host verdict too; this is for callers that come straight here).
+  await checkPathFlags(config);
   const initrd = config.initrdPath !== undefined
     ? readInput(config.initrdPath, "initrd")
     : undefined;
@@ -101,6 +102,9 @@ export async function runVm(config: VmConfig): Promise<number> {
   // The debugger link outlives guest resets too, like the debug session it carries.
   const syndbg = config.syndbg ? openSyndbg(config.syndbg) : undefined;
   const serialFd = openSerial(config);
+  // Everything the user gave is open and checked: say what runs before the guest says anything
+  // (and before a terminal goes raw, where a newline would not return the carriage).
+  if (config.logLevel !== "error") console.error(startSummary(config, features));
   const raw = enterRawMode(config);
   const consoleInput: ConsoleInput = { target: undefined };
   const stdin = config.serial.kind === "stdio" ? forwardStdin(consoleInput) : undefined;

@@ -2,23 +2,19 @@
  * Choosing how guest tests run: `direct` (this host's /dev/kvm runs a stock 64-bit guest),
  * `nested` (a QEMU TCG test machine with nested SVM provides a real /dev/kvm), or `skip` with the
  * reason. `decideMachineMode` is a pure function of `MachineFacts`; `gatherMachineFacts` reads
- * them from the host.
+ * them from the host. Whether /dev/kvm can run the guest is the VMM's own verdict
+ * (`src/kvm/host_support.ts`), so a test never boots where `hyperdeno boot` would refuse.
  * @module
  */
+import {
+  judgeKvmHost,
+  type KvmHostFacts,
+  readKvmHostFacts,
+} from "../../../src/kvm/host_support.ts";
 
-/** What the decision depends on. */
-export interface MachineFacts {
-  /** `process arch`, e.g. `x86_64`. */
-  readonly arch: string;
-  /** `/dev/kvm` exists. */
-  readonly kvmPresent: boolean;
-  /** `/dev/kvm` opens read-write for this user. */
-  readonly kvmAccessible: boolean;
-  /** `/sys/module/kvm_pvm` exists: KVM is PVM, which cannot run a stock 64-bit guest. */
-  readonly kvmPvm: boolean;
-  /** The CPU advertises `vmx` or `svm` in /proc/cpuinfo. */
-  readonly cpuVirtualization: boolean;
-  /** Already inside the test machine (`HYPERDENO_IN_TEST_MACHINE=1`). */
+/** What the decision depends on: the VMM's own facts about /dev/kvm plus the test run's. */
+export interface MachineFacts extends KvmHostFacts {
+  /** Already inside the test machine (`HYPERDENO_IN_TEST_MACHINE=1`): never nest again. */
   readonly insideTestMachine: boolean;
   /** Path of `qemu-system-x86_64`, if on PATH. */
   readonly qemuPath: string | undefined;
@@ -40,13 +36,10 @@ export const FORCED_MODES = ["direct", "nested", "none"] as const;
 /** Debian package that provides `qemu-system-x86_64`. */
 export const QEMU_PACKAGE = "qemu-system-x86";
 
+/** Why this host cannot boot guests directly: the same verdict `boot` and `doctor` give. */
 function directProblem(f: MachineFacts): string | undefined {
-  if (!f.kvmPresent) return "/dev/kvm does not exist";
-  if (!f.kvmAccessible) return "/dev/kvm is not read-writable by this user";
-  if (f.insideTestMachine) return undefined;
-  if (f.kvmPvm) return "/dev/kvm is PVM (/sys/module/kvm_pvm), which cannot run a stock guest";
-  if (!f.cpuVirtualization) return "the CPU has no vmx/svm flag, so /dev/kvm is not hardware KVM";
-  return undefined;
+  const verdict = judgeKvmHost(f);
+  return verdict.ok ? undefined : verdict.why;
 }
 
 function nested(f: MachineFacts, why: string): MachineMode {
@@ -93,15 +86,6 @@ export function decideMachineMode(f: MachineFacts): MachineMode {
   return nested(f, problem);
 }
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Finds an executable on PATH. */
 export function which(name: string): string | undefined {
   for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":")) {
@@ -117,33 +101,10 @@ export function which(name: string): string | undefined {
   return undefined;
 }
 
-function kvmAccessible(): boolean {
-  try {
-    Deno.openSync("/dev/kvm", { read: true, write: true }).close();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function cpuVirtualization(): boolean {
-  try {
-    const info = Deno.readTextFileSync("/proc/cpuinfo");
-    return /^flags\s*:.*\b(vmx|svm)\b/m.test(info);
-  } catch {
-    return false;
-  }
-}
-
 /** Reads the facts from this host. */
 export function gatherMachineFacts(): MachineFacts {
-  const kvmPresent = exists("/dev/kvm");
   return {
-    arch: Deno.build.arch,
-    kvmPresent,
-    kvmAccessible: kvmPresent && kvmAccessible(),
-    kvmPvm: exists("/sys/module/kvm_pvm"),
-    cpuVirtualization: cpuVirtualization(),
+    ...readKvmHostFacts(),
     insideTestMachine: Deno.env.get("HYPERDENO_IN_TEST_MACHINE") === "1",
     qemuPath: which("qemu-system-x86_64"),
     canApt: which("apt-get") !== undefined && Deno.uid() === 0,

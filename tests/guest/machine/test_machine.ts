@@ -45,6 +45,9 @@ export interface MachineRunOptions {
   readonly timeoutMs?: number;
   /** Called with each output line of the command as it arrives. */
   readonly onLine?: (line: string) => void;
+  /** Called once when the machine's init starts (`booted`) and once when the command starts,
+   * with the seconds since QEMU was spawned (for progress: the boot prints nothing). */
+  readonly onPhase?: (phase: "booted" | "command", seconds: number) => void;
   /** Also pass kernel and init lines (outside the command) to `onLine`. */
   readonly verbose?: boolean;
   /** Guest RAM, default `$HYPERDENO_TEST_MACHINE_MEMORY` or `6G`. */
@@ -323,8 +326,16 @@ export async function runInTestMachine(
       lockedUp = line.trim();
       kill();
     }
-    if (line.includes(`${MACHINE_MARKER_PREFIX}:booted`)) bootSeconds ??= elapsed();
-    if (line.includes(`${MACHINE_MARKER_PREFIX}:mark uptime=`)) commandStartSeconds ??= elapsed();
+    if (line.includes(`${MACHINE_MARKER_PREFIX}:booted`) && bootSeconds === undefined) {
+      bootSeconds = elapsed();
+      options.onPhase?.("booted", bootSeconds);
+    }
+    if (
+      line.includes(`${MACHINE_MARKER_PREFIX}:mark uptime=`) && commandStartSeconds === undefined
+    ) {
+      commandStartSeconds = elapsed();
+      options.onPhase?.("command", commandStartSeconds);
+    }
     const isMarker = line.includes(`${MACHINE_MARKER_PREFIX}:`);
     if (line.includes(begin)) inCommand = true;
     if (line.includes(exitMarker)) inCommand = false;

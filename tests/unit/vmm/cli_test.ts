@@ -6,6 +6,7 @@ import { openSerial } from "../../../src/vmm/session.ts";
 import { close, libc } from "../../../ffi/libc.ts";
 import { UsageError } from "../../../src/util/errors.ts";
 import { fakeImage } from "../machine/fake_bzimage.ts";
+import { judgeKvmHost, kvmRefusal, readKvmHostFacts } from "../../../src/kvm/host_support.ts";
 
 Deno.test("boot arguments: defaults and values", () => {
   const c = parseBootArgs(["--kernel", "k", "--memory", "2G", "--cpus", "4", "--no-reboot"]);
@@ -81,14 +82,24 @@ Deno.test("per-vCPU CPUID carries the APIC id, CPU count and hypervisor bit", ()
   assert.equal(base[0]!.ebx, 0xff00_1234, "input not modified");
 });
 
+/** What `boot` says first on this host when its /dev/kvm cannot run the guest. */
+const HOST_VERDICT = judgeKvmHost(readKvmHostFacts());
+
 Deno.test("the CLI prints one line and exits 2 on bad input", async () => {
   const cli = new URL("../../../cli.ts", import.meta.url).pathname;
+  // On a host whose /dev/kvm cannot run the guest, boot refuses before it reads the kernel (the
+  // kernel checks then run in the test machine: tests/guest/cases/first_run_test.ts).
+  const refusal = /^hyperdeno: cannot boot here: /;
   const cases: [string[], RegExp][] = [
     [
       ["boot", "--kernel", "/nonexistent/vmlinuz"],
-      /^hyperdeno: kernel '\/nonexistent\/vmlinuz' does not exist\n$/,
+      HOST_VERDICT.ok ? /^hyperdeno: kernel '\/nonexistent\/vmlinuz' does not exist\n$/ : refusal,
     ],
-    [["boot", "--kernel", cli], /^hyperdeno: .* is not a Linux bzImage/],
+    [
+      ["boot", "--kernel", cli],
+      HOST_VERDICT.ok ? /^hyperdeno: .* is not a Linux bzImage/ : refusal,
+    ],
+    [["boot", "--kernel", cli, "--cpus", "0"], /^hyperdeno: --cpus: 0 is outside 1\.\.64\n$/],
     [["frob"], /^hyperdeno: unknown command 'frob'/],
   ];
   for (const [args, re] of cases) {
@@ -153,4 +164,31 @@ Deno.test("--serial file=PATH appends to an existing file and never truncates it
     (e: unknown) => e instanceof UsageError && /--serial file=/.test(e.message),
   );
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test({
+  name: "boot on a host whose /dev/kvm cannot run the guest: why and what to do, exit 2, fast",
+  ignore: HOST_VERDICT.ok,
+  async fn() {
+    if (HOST_VERDICT.ok) return;
+    const cli = new URL("../../../cli.ts", import.meta.url).pathname;
+    const started = performance.now();
+    const out = await new Deno.Command(Deno.execPath(), {
+      // The refusal comes before the kernel is read (with a real kernel this used to boot and
+      // hang silently on PVM).
+      args: ["run", "-A", cli, "boot", "--kernel", "/boot/vmlinuz", "--cpus", "2"],
+      stdout: "piped",
+      stderr: "piped",
+      stdin: "null",
+    }).output();
+    const seconds = (performance.now() - started) / 1000;
+    const err = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 2, err);
+    assert.equal(new TextDecoder().decode(out.stdout), "", "nothing on the console");
+    assert.equal(err.split("\n").filter((l) => l !== "").length, 1, err);
+    assert.equal(err, `hyperdeno: ${kvmRefusal(HOST_VERDICT)}\n`);
+    assert.match(err, /hardware KVM/);
+    assert.match(err, /test machine/);
+    assert.ok(seconds < 5, `took ${seconds.toFixed(1)} s`);
+  },
 });
