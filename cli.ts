@@ -6,6 +6,7 @@
 import { parseArgs } from "node:util";
 import { UsageError } from "./src/util/errors.ts";
 import {
+  checkPathFlags,
   hvFeaturesOf,
   parseCpus,
   parseDisplay,
@@ -15,7 +16,6 @@ import {
   parseSignedSeconds,
   parseSize,
   parseSyndbg,
-  checkPathFlags,
   type VmConfig,
 } from "./src/vmm/config.ts";
 import { judgeKvmHost, kvmRefusal, readKvmHostFacts } from "./src/kvm/host_support.ts";
