@@ -31,7 +31,7 @@ import { machineAcpiOptions } from "./acpi.ts";
 import { type FirmwareSpec, type LoadedFirmware, loadFirmware } from "./firmware.ts";
 
 const log = getLogger("machine", "firmware");
-const traced = rateLimited(500, 1000);
+const traced = rateLimited(20000, 1000);
 
 /** Registry names of the firmware devices. */
 export const FW_CFG_DEVICE = "fw-cfg";

@@ -250,11 +250,9 @@ export class FwCfgDevice implements BusDevice {
       }
       if (!error) this.#w[W_OFFSET] = at + n;
     }
-    this.#trace?.(
-      `dma ${op} ${length} bytes at offset ${this.#w[W_OFFSET]} of 0x${
-        (this.#w[W_KEY]! >>> 0).toString(16)
-      }${error ? " ERROR" : ""}`,
-    );
+    if (error) {
+      this.#trace?.(`dma ${op} of ${length} bytes at 0x${address.toString(16)} refused`);
+    }
     control = error ? FW_CFG_DMA_CTL_ERROR : 0;
     if (error) Atomics.add(this.#w, W_DMA_ERRORS, 1);
     FW_CFG_DMA_ACCESS.set(desc, 0, "control", control);
