@@ -26,11 +26,12 @@ import {
 import { type VarsFileHandle, VarsFileWriter } from "../machine/firmware/vars_file.ts";
 import type { MemoryMap } from "../machine/memory_map.ts";
 import type { DeviceRegistry } from "../machine/registry.ts";
-import { getLogger } from "../util/log.ts";
+import { getLogger, rateLimited } from "../util/log.ts";
 import { machineAcpiOptions } from "./acpi.ts";
 import { type FirmwareSpec, type LoadedFirmware, loadFirmware } from "./firmware.ts";
 
 const log = getLogger("machine", "firmware");
+const traced = rateLimited(20000, 1000);
 
 /** Registry names of the firmware devices. */
 export const FW_CFG_DEVICE = "fw-cfg";
@@ -182,7 +183,11 @@ export function attachFirmwareDevices(
       setUserMemoryRegion(deps.vmFd, array ? entry : { ...entry, size: 0 }, array ? f.gpa : 0),
   };
   const flash = new PflashDevice(f.state, store, { mapping });
-  const fwCfg = new FwCfgDevice(init.fwCfg, deps.memory);
+  const fwCfg = new FwCfgDevice(
+    init.fwCfg,
+    deps.memory,
+    (what) => traced(() => log.debug("fw_cfg: {what}", { what })),
+  );
   const set = (name: string, device: BusDevice) => {
     const id = deps.registry.deviceId(name);
     if (id < 0) throw new Error(`Device '${name}' is not registered.`);

@@ -137,10 +137,18 @@ export class FwCfgDevice implements BusDevice {
   readonly #items = new Map<number, Uint8Array>();
   readonly #memory: DmaMemory;
 
-  constructor(state: FwCfgState, memory: DmaMemory) {
+  readonly #names = new Map<number, string>();
+  readonly #trace: ((what: string) => void) | undefined;
+
+  /** `trace`, when given, hears each selection and DMA transfer (for debug logs). */
+  constructor(state: FwCfgState, memory: DmaMemory, trace?: (what: string) => void) {
     this.#w = new Int32Array(state.sab);
-    for (const it of state.items) this.#items.set(it.key, it.data);
+    for (const it of state.items) {
+      this.#items.set(it.key, it.data);
+      if (it.name) this.#names.set(it.key, it.name);
+    }
     this.#memory = memory;
+    this.#trace = trace;
   }
 
   /** Transfers answered with the error bit so far (for tests and status). */
@@ -192,6 +200,7 @@ export class FwCfgDevice implements BusDevice {
     const k = key & ~FW_CFG_WRITE_CHANNEL;
     this.#w[W_KEY] = this.#items.has(k) ? k : NO_ITEM;
     this.#w[W_OFFSET] = 0;
+    this.#trace?.(`select 0x${k.toString(16)} ${this.#names.get(k) ?? ""}`);
   }
 
   #readByte(): number {
@@ -240,6 +249,9 @@ export class FwCfgDevice implements BusDevice {
         }
       }
       if (!error) this.#w[W_OFFSET] = at + n;
+    }
+    if (error) {
+      this.#trace?.(`dma ${op} of ${length} bytes at 0x${address.toString(16)} refused`);
     }
     control = error ? FW_CFG_DMA_CTL_ERROR : 0;
     if (error) Atomics.add(this.#w, W_DMA_ERRORS, 1);

@@ -70,9 +70,14 @@ export function acpiFirmwareFiles(image: AcpiImage): FwCfgFile[] {
   }
   const script = new Uint8Array(commands.length * LOADER_ENTRY_SIZE);
   commands.forEach((c, i) => script.set(c, i * LOADER_ENTRY_SIZE));
+  // The firmware computes each checksum over its whole range, the checksum byte included
+  // (OVMF: `Base[ResultOffset] = CalculateCheckSum8 (Base + Start, Length)`), so every byte an
+  // ADD_CHECKSUM writes must be 0 in the blob, as QEMU leaves it.
+  const blobs = { rsdp: image.rsdp.slice(), tables: image.tables.slice() };
+  for (const c of image.checksums) blobs[c.blob][c.offset] = 0;
   return [
-    { name: FILE_ACPI_RSDP, data: image.rsdp.slice() },
-    { name: FILE_ACPI_TABLES, data: image.tables.slice() },
+    { name: FILE_ACPI_RSDP, data: blobs.rsdp },
+    { name: FILE_ACPI_TABLES, data: blobs.tables },
     { name: FILE_TABLE_LOADER, data: script },
   ];
 }

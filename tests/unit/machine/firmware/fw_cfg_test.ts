@@ -232,7 +232,7 @@ function runLoader(files: Map<string, Uint8Array>, mem: Uint8Array, base: number
     } else if (cmd === LOADER_ADD_CHECKSUM) {
       const e = LOADER_ADD_CHECKSUM_ENTRY.decode(script, at)!;
       const b = placed.get(nameOf(e.file))!;
-      mem[b + e.offset] = 0;
+      // As OVMF does it: over the whole range, the checksum byte's current value included.
       mem[b + e.offset] = (0x100 - sum8(mem.subarray(b + e.start, b + e.start + e.length))) & 0xff;
     } else throw new Error(`unexpected loader command ${cmd}`);
   }
