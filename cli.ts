@@ -6,7 +6,6 @@
 import { parseArgs } from "node:util";
 import { UsageError } from "./src/util/errors.ts";
 import {
-  checkPathFlags,
   hvFeaturesOf,
   parseCpus,
   parseDisplay,
@@ -18,7 +17,6 @@ import {
   parseSyndbg,
   type VmConfig,
 } from "./src/vmm/config.ts";
-import { judgeKvmHost, kvmRefusal, readKvmHostFacts } from "./src/kvm/host_support.ts";
 import { parseDiskSpec } from "./src/devices/storage/backend/disk_spec.ts";
 import { parseFirmwareOptions } from "./src/vmm/firmware.ts";
 import denoJson from "./deno.json" with { type: "json" };
@@ -227,13 +225,6 @@ export async function main(args: string[]): Promise<number> {
           return 0;
         }
         const config = parseBootArgs(rest);
-        // A path flag that names someone's file is refused on any host, so a typo never costs
-        // a file and always gets its own error (this only looks; it creates nothing).
-        await checkPathFlags(config);
-        // Before anything is read or built: a /dev/kvm that cannot run the guest (PVM hangs it
-        // silently) is refused at once, with what to do instead.
-        const verdict = judgeKvmHost(readKvmHostFacts());
-        if (!verdict.ok) throw new UsageError(kvmRefusal(verdict));
         const { configureLogging } = await import("./src/vmm/logging.ts");
         await configureLogging(config.logLevel);
         const { runVm } = await import("./src/vmm/vmm.ts");

@@ -7,6 +7,7 @@
 import { C, close, libc } from "../../ffi/libc.ts";
 import { KVM } from "../../ffi/kvm_abi.ts";
 import { Kvm } from "../kvm/kvm.ts";
+import { judgeKvmHost, kvmRefusal, readKvmHostFacts } from "../kvm/host_support.ts";
 import { hasFeature } from "../hyperv/mod.ts";
 import type { SyndbgLink } from "../hyperv/host/enlightenments.ts";
 import { openDebugSocket } from "../hyperv/host/syndbg_udp.ts";
@@ -67,8 +68,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     parseBzImage(kernel, config.kernelPath);
   }
   const doorbellEventfds = doorbellEventfdsFromEnv(Deno.env.get("HYPERDENO_DOORBELL_EVENTFDS"));
-  // A path flag that names someone's file is the user's to fix, on any host (cli.ts checks it
-  // before the host verdict too; this is for callers that come straight here).
+  // A path flag that names someone's file is the user's to fix, on any host.
   await checkPathFlags(config);
   const initrd = config.initrdPath !== undefined
     ? readInput(config.initrdPath, "initrd")
@@ -83,6 +83,10 @@ export async function runVm(config: VmConfig): Promise<number> {
       }M)`,
     );
   }
+  // Every input is checked: now the host. A /dev/kvm that cannot run the guest (PVM hangs it
+  // silently) is refused before anything is built, with what to do instead (doctor's verdict).
+  const verdict = judgeKvmHost(readKvmHostFacts());
+  if (!verdict.ok) throw new UsageError(kvmRefusal(verdict));
   using kvm = Kvm.open();
   for (
     const [cap, name] of [[KVM.KVM_CAP_IRQCHIP, "in-kernel irqchip"], [

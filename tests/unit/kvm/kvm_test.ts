@@ -122,7 +122,9 @@ Deno.test({
     assert.equal(r.stop.kind, "stopped");
     assert.ok(r.kicks >= 1);
     assert.ok(control.exited);
-    assert.ok(ms < 2000, `kick took ${ms} ms`);
+    // A spin loop never exits on its own: only the kick ends KVM_RUN. The bound only catches a
+    // kick that got lost behind some other wake-up (seconds); it is no performance figure.
+    assert.ok(ms < 15_000, `kick took ${ms} ms`);
     vm.close();
     kvm.close();
   },
