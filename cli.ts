@@ -51,6 +51,9 @@ boot options:
   --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
   --control PATH         JSON-lines control socket: status, shutdown, reboot, kvp-get, kvp-set,
                          channels (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH)
+  --vsock PATH           hv_sock (AF_VSOCK over VMBus), Firecracker-style: a guest connecting to
+                         CID 2 port P reaches the unix socket PATH_P; a host client connecting to
+                         PATH and writing "CONNECT P\n" reaches a guest listening on port P
   --log-level LEVEL      error | warning | info | debug                          (default: warning)
 
 Exit status: 0 guest powered off (or reset with --no-reboot), 1 the VM failed (triple fault,
@@ -88,6 +91,7 @@ export function parseBootArgs(args: string[]): VmConfig {
         disk: { type: "string", multiple: true, default: [] },
         "rtc-offset": { type: "string", default: "0" },
         control: { type: "string" },
+        vsock: { type: "string" },
         "log-level": { type: "string", default: "warning" },
       },
     });
@@ -118,6 +122,7 @@ export function parseBootArgs(args: string[]): VmConfig {
   };
   if (v.initrd !== undefined) config.initrdPath = v.initrd;
   if (v.control !== undefined) config.controlPath = v.control;
+  if (v.vsock !== undefined) config.vsockPath = v.vsock;
   if (v.syndbg !== undefined) config.syndbg = parseSyndbg(v.syndbg);
   hvFeaturesOf(config); // a bad --hv list (or --syndbg mismatch) fails here, before any file is read
   return config;

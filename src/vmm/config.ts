@@ -39,6 +39,8 @@ export interface VmConfig {
   onCrash: OnCrash;
   /** Unix socket path for the JSON-lines control socket (`--control`). */
   controlPath?: string;
+  /** hv_sock unix socket base path (`--vsock`): guest port P is `PATH_P`. */
+  vsockPath?: string;
   /** `--disk` specs, in order (LUN = position unless given). */
   disks: DiskSpec[];
   /** Seconds the guest's CMOS clock is off from the host at power-on (`--rtc-offset`). */

@@ -15,6 +15,7 @@ import { hasFeature, type HvFeatures } from "../hyperv/mod.ts";
 import { setupEnlightenments, type SyndbgLink } from "./enlightenments.ts";
 import { type ControlTarget, serveControl } from "./control.ts";
 import { VmbusServer } from "../vmbus/mod.ts";
+import { VsockUnixBackend } from "../devices/hvsock/mod.ts";
 import { bindDoorbells, doorbellEventfdsFromEnv, type Doorbells } from "./doorbells.ts";
 import { openDisk, ScsiController, ScsiDisk, StorvspDevice } from "../devices/storage/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
@@ -110,6 +111,8 @@ export async function runVm(config: VmConfig): Promise<number> {
   const control = config.controlPath
     ? serveControl(config.controlPath, () => controlTarget)
     : undefined;
+  // hv_sock's listener outlives guest resets; each boot serves its own connections.
+  const vsock = config.vsockPath ? await VsockUnixBackend.listen(config.vsockPath) : undefined;
   // The debugger link outlives guest resets too, like the debug session it carries.
   const syndbg = config.syndbg ? openSyndbg(config.syndbg) : undefined;
   const serialFd = openSerial(config);
@@ -133,6 +136,7 @@ export async function runVm(config: VmConfig): Promise<number> {
         features,
         scsi,
         syndbg,
+        vsock,
         doorbellEventfds,
         console: consoleInput,
         publish: (t) => controlTarget = t ? { ...t, boots } : undefined,
@@ -173,6 +177,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     raw?.restore();
     stdin?.stop();
     control?.close();
+    vsock?.close();
     if (serialFd > 2) close(serialFd);
     if (syndbg) close(syndbg.fd);
     await scsi?.close();
@@ -277,6 +282,8 @@ interface BootInputs {
   syndbg: (SyndbgLink & { hypercalls: boolean }) | undefined;
   /** Host input for the guest console. */
   console: ConsoleInput;
+  /** The `--vsock` backend, kept across resets. */
+  vsock: VsockUnixBackend | undefined;
   /** Makes the running VM reachable from the control socket (undefined: it stopped). */
   publish: (target: Omit<ControlTarget, "boots"> | undefined) => void;
 }
@@ -371,8 +378,13 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     let doorbells: Doorbells | undefined;
     const hv = enlightenments.hv;
     if (hv && withVmbus) {
-      const server = new VmbusServer(memory, hv.synic, { vpCount: config.cpus });
+      const vsock = inputs.vsock?.newBoot();
+      const server = new VmbusServer(memory, hv.synic, {
+        vpCount: config.cpus,
+        ...vsock?.serverOptions,
+      });
       vmbus = server;
+      if (vsock) cleanups.push(vsock.attach(server));
       const bells = bindDoorbells(
         vm,
         loop,
