@@ -9,6 +9,8 @@
  * {"cmd":"kvp-set","key":"K","value":"V"}  → {"ok":true}
  * {"cmd":"channels"}                       → {"ok":true,"channels":[{relid,device,state,ringFill,…}]}
  * {"cmd":"disks"}                          → {"ok":true,"disks":[DiskStatus,…]}
+ * {"cmd":"copy-to-guest",…} {"cmd":"freeze"} {"cmd":"thaw"} {"cmd":"snapshot",…}
+ *                                          → see `guest_services.ts`
  * ```
  *
  * `disks` lists the SCSI disks by LUN (an empty list without `--disk`), each as
@@ -31,6 +33,7 @@ import type { ScsiController } from "../devices/storage/mod.ts";
 import type { ExitSnapshot } from "../kvm/exit_counters.ts";
 import type { VmbusServer } from "../vmbus/mod.ts";
 import { getLogger } from "../util/log.ts";
+import { guestServicesCommand, guestServicesStatus } from "./guest_services.ts";
 
 const log = getLogger("cli", "control");
 
@@ -124,6 +127,7 @@ export async function handleControlRequest(
           heartbeat: ics?.heartbeat.health ?? null,
           ...(target.exits ? { exits: target.exits() } : {}),
           ...(target.doorbells ? { doorbells: target.doorbells() } : {}),
+          ...guestServicesStatus(target),
         };
       case "shutdown":
       case "reboot": {
@@ -153,7 +157,8 @@ export async function handleControlRequest(
       case "disks":
         return { ok: true, disks: diskStatus(target.scsi) };
       default:
-        return { ok: false, error: `unknown cmd ${JSON.stringify(req.cmd)}` };
+        return (await guestServicesCommand(req, target)) ??
+          { ok: false, error: `unknown cmd ${JSON.stringify(req.cmd)}` };
     }
   } catch (e) {
     return { ok: false, error: (e as Error).message };
