@@ -37,7 +37,7 @@ boot options:
   --cmdline STR          kernel command line        (default: "console=ttyS0 panic=-1")
   --memory SIZE          guest RAM, e.g. 512M, 2G (no unit = MiB)                (default: 512M)
   --cpus N               vCPUs, 1..64                                            (default: 1)
-  --serial SPEC          COM1: stdio | file=PATH | none                          (default: stdio)
+  --serial SPEC          COM1: stdio | file=PATH (appended to) | none             (default: stdio)
   --no-reboot            exit 0 when the guest resets instead of rebooting it
   --hv LIST              Hyper-V enlightenments: all | none | comma list         (default: all)
   --hv-kvm-leaves        also expose KVM's CPUID leaves (at 0x40000100)
@@ -50,10 +50,13 @@ boot options:
                          path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N]
   --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
   --control PATH         JSON-lines control socket: status, shutdown, reboot, kvp-get, kvp-set,
-                         channels (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH)
+                         channels (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH);
+                         owner-only (0600); an existing file or a live socket at PATH is
+                         refused, only a stale socket is replaced
   --vsock PATH           hv_sock (AF_VSOCK over VMBus), Firecracker-style: a guest connecting to
                          CID 2 port P reaches the unix socket PATH_P; a host client connecting to
                          PATH and writing "CONNECT P\n" reaches a guest listening on port P
+                         (PATH follows the --control rule)
   --log-level LEVEL      error | warning | info | debug                          (default: warning)
 
 Exit status: 0 guest powered off (or reset with --no-reboot), 1 the VM failed (triple fault,

@@ -116,6 +116,7 @@ export const C = {
   O_WRONLY: 1,
   O_RDWR: 2,
   O_CREAT: 0o100,
+  O_APPEND: 0o2000,
   O_CLOEXEC: 0o2000000,
   O_DIRECT: 0o40000,
   O_NONBLOCK: 0o4000,

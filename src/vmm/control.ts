@@ -34,6 +34,7 @@ import type { ExitSnapshot } from "../kvm/exit_counters.ts";
 import type { VmbusServer } from "../vmbus/mod.ts";
 import { getLogger } from "../util/log.ts";
 import { guestServicesCommand, guestServicesStatus } from "./guest_services.ts";
+import { listenUnixSocket } from "../util/unix_socket.ts";
 
 const log = getLogger("cli", "control");
 
@@ -165,29 +166,26 @@ export async function handleControlRequest(
   }
 }
 
-/** Serves the control socket at `path` until `close()`. */
-export function serveControl(
+/**
+ * Serves the control socket at `path` until `close()`, under `listenUnixSocket`'s rule: an
+ * existing file or a live socket at `path` is refused (UsageError), never replaced.
+ */
+export async function serveControl(
   path: string,
   getTarget: () => ControlTarget | undefined,
-): { close(): void } {
-  try {
-    Deno.removeSync(path);
-  } catch { /* not there */ }
-  const listener = Deno.listen({ transport: "unix", path });
+): Promise<{ close(): void }> {
+  const socket = await listenUnixSocket(path, "--control");
   const conns = new Set<Deno.Conn>();
   (async () => {
-    for await (const conn of listener) {
+    for await (const conn of socket.listener) {
       conns.add(conn);
       serveConn(conn, getTarget).finally(() => conns.delete(conn));
     }
   })().catch(() => {});
   return {
     close() {
-      listener.close();
+      socket.close();
       for (const c of conns) c.close();
-      try {
-        Deno.removeSync(path);
-      } catch { /* gone */ }
     },
   };
 }

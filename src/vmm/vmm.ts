@@ -25,6 +25,7 @@ import { buildMemoryMap, type MemoryMap } from "../machine/memory_map.ts";
 import { bootCpuState, writeBootTables } from "../machine/page_tables.ts";
 import { SharedPowerControl } from "../machine/power.ts";
 import { UsageError } from "../util/errors.ts";
+import { checkSocketPath } from "../util/unix_socket.ts";
 import { getLogger } from "../util/log.ts";
 import { hvFeaturesOf, type SyndbgSpec, type VmConfig } from "./config.ts";
 import { EventLoop } from "./event_loop.ts";
@@ -83,6 +84,8 @@ export async function runVm(config: VmConfig): Promise<number> {
   // A bad kernel file is the user's to fix on any host: say so before looking for KVM.
   parseBzImage(kernel, config.kernelPath);
   const doorbellEventfds = doorbellEventfdsFromEnv(Deno.env.get("HYPERDENO_DOORBELL_EVENTFDS"));
+  // A socket path that names someone's file is the user's to fix: say so before looking for KVM.
+  if (config.controlPath !== undefined) await checkSocketPath(config.controlPath, "--control");
   const initrd = config.initrdPath !== undefined
     ? readInput(config.initrdPath, "initrd")
     : undefined;
@@ -109,7 +112,7 @@ export async function runVm(config: VmConfig): Promise<number> {
   const scsi = await openScsiController(config);
   let controlTarget: ControlTarget | undefined;
   const control = config.controlPath
-    ? serveControl(config.controlPath, () => controlTarget)
+    ? await serveControl(config.controlPath, () => controlTarget)
     : undefined;
   // hv_sock's listener outlives guest resets; each boot serves its own connections.
   const vsock = config.vsockPath ? await VsockUnixBackend.listen(config.vsockPath) : undefined;
@@ -235,15 +238,17 @@ async function openScsiController(
   };
 }
 
-function openSerial(config: VmConfig): number {
+/** Opens COM1's output for `--serial`: stdout (1), nothing (-1), or a file opened for appending. */
+export function openSerial(config: Pick<VmConfig, "serial">): number {
   switch (config.serial.kind) {
     case "stdio":
       return 1;
     case "none":
       return -1;
     case "file":
+      // Appended to, never truncated: a log path that names an existing file loses nothing.
       try {
-        return open(config.serial.path, C.O_WRONLY | C.O_CREAT | 0o1000, /* O_TRUNC */ 0o644);
+        return open(config.serial.path, C.O_WRONLY | C.O_CREAT | C.O_APPEND | C.O_CLOEXEC, 0o644);
       } catch (e) {
         throw new UsageError(`--serial file=${config.serial.path}: ${(e as Error).message}`);
       }

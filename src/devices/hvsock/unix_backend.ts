@@ -12,7 +12,7 @@
  * The listener outlives guest reboots; each boot gets its own `HvsockHost` from `newBoot()`.
  * @module
  */
-import { UsageError } from "../../util/errors.ts";
+import { listenUnixSocket, type OwnedUnixListener } from "../../util/unix_socket.ts";
 import { getLogger } from "../../util/log.ts";
 import type { HostStream } from "./connection.ts";
 import { type HvsockBackend, HvsockHost } from "./host.ts";
@@ -96,23 +96,25 @@ class UnixStream implements HostStream {
 export class VsockUnixBackend implements HvsockBackend {
   /** The socket path given to `--vsock`. */
   readonly path: string;
+  readonly #socket: OwnedUnixListener;
   readonly #listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>;
   #host: HvsockHost | undefined;
   readonly #pending = new Set<Deno.UnixConn>();
   #closed = false;
 
-  private constructor(path: string, listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>) {
+  private constructor(path: string, socket: OwnedUnixListener) {
     this.path = path;
-    this.#listener = listener;
+    this.#socket = socket;
+    this.#listener = socket.listener;
     void this.#acceptLoop();
   }
 
   /**
-   * Listens on `path` (owner-only). Throws `UsageError` when `path` exists and is not a stale
-   * socket (a file, a directory, or a socket another process still serves).
+   * Listens on `path` (owner-only), by the rule of `src/util/unix_socket.ts`: throws `UsageError`
+   * when `path` exists and is not a stale socket (a file, a directory, a live socket).
    */
   static async listen(path: string): Promise<VsockUnixBackend> {
-    return new VsockUnixBackend(path, await listenUnixSafely(path, "--vsock"));
+    return new VsockUnixBackend(path, await listenUnixSocket(path, "--vsock"));
   }
 
   /**
@@ -138,21 +140,16 @@ export class VsockUnixBackend implements HvsockBackend {
     }
   }
 
-  /** Stops listening and removes the socket file. */
+  /** Stops listening and removes the socket file (while it is still this socket). */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    try {
-      this.#listener.close();
-    } catch { /* closed */ }
+    this.#socket.close();
     for (const c of this.#pending) {
       try {
         c.close();
       } catch { /* closed */ }
     }
-    try {
-      Deno.removeSync(this.path);
-    } catch { /* gone */ }
   }
 
   async #acceptLoop(): Promise<void> {
@@ -194,44 +191,4 @@ export class VsockUnixBackend implements HvsockBackend {
       (hostPort) => enc.encode(`OK ${hostPort}\n`),
     );
   }
-}
-
-/**
- * Creates a listening unix socket at `path` with owner-only permissions. A socket file nobody
- * answers on (left by a crashed VMM) is replaced; anything else that exists is refused.
- */
-async function listenUnixSafely(
-  path: string,
-  flag: string,
-): Promise<Deno.Listener<Deno.UnixConn, Deno.UnixAddr>> {
-  let info: Deno.FileInfo | undefined;
-  try {
-    info = Deno.lstatSync(path);
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) {
-      throw new UsageError(`${flag}: cannot check ${path}: ${(e as Error).message}`);
-    }
-  }
-  if (info) {
-    if (!info.isSocket) {
-      throw new UsageError(`${flag}: ${path} exists and is not a socket; choose another path`);
-    }
-    let live = false;
-    try {
-      (await Deno.connect({ transport: "unix", path })).close();
-      live = true;
-    } catch { /* stale */ }
-    if (live) {
-      throw new UsageError(`${flag}: ${path} is in use by another process; choose another path`);
-    }
-    Deno.removeSync(path);
-  }
-  let listener;
-  try {
-    listener = Deno.listen({ transport: "unix", path });
-  } catch (e) {
-    throw new UsageError(`${flag}: cannot listen on ${path}: ${(e as Error).message}`);
-  }
-  Deno.chmodSync(path, 0o600);
-  return listener;
 }

@@ -1,6 +1,6 @@
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
 import { GuestMemory } from "../../../src/kvm/guest_memory.ts";
-import { BOOT_PARAMS, LOADED_HIGH, readE820 } from "../../../src/machine/boot_params.ts";
+import { BOOT_PARAMS, readE820 } from "../../../src/machine/boot_params.ts";
 import {
   CMDLINE_START,
   GIB,
@@ -16,49 +16,9 @@ import {
 } from "../../../src/machine/linux_boot.ts";
 import { buildMemoryMap, type MemoryMap } from "../../../src/machine/memory_map.ts";
 import { UsageError } from "../../../src/util/errors.ts";
+import { fakeImage } from "./fake_bzimage.ts";
 
 const REAL_KERNEL = "/boot/vmlinuz-6.1.0-56-amd64";
-
-interface FakeImage {
-  setupSects?: number;
-  version?: number;
-  loadflags?: number;
-  xloadflags?: number;
-  payload?: number;
-  syssize?: number;
-  relocatable?: number;
-  alignment?: number;
-  pref?: bigint;
-  initSize?: number;
-  initrdAddrMax?: number;
-  cmdlineSize?: number;
-}
-
-/** A synthetic bzImage: setup sectors, a header, and a payload of 0xAB bytes. */
-function fakeImage(o: FakeImage = {}): Uint8Array {
-  const sects = o.setupSects ?? 4;
-  const payload = o.payload ?? 0x4000;
-  const img = new Uint8Array(((sects === 0 ? 4 : sects) + 1) * 512 + payload);
-  const P = BOOT_PARAMS;
-  img[0x201] = 0x6a;
-  P.set(img, 0, "setup_sects", sects);
-  P.set(img, 0, "boot_flag", 0xaa55);
-  P.set(img, 0, "header", 0x53726448);
-  P.set(img, 0, "version", o.version ?? 0x020f);
-  P.set(img, 0, "loadflags", o.loadflags ?? LOADED_HIGH);
-  P.set(img, 0, "xloadflags", o.xloadflags ?? 0x7f);
-  P.set(img, 0, "syssize", o.syssize ?? Math.ceil(payload / 16));
-  P.set(img, 0, "relocatable_kernel", o.relocatable ?? 1);
-  P.set(img, 0, "kernel_alignment", o.alignment ?? 0x20_0000);
-  P.set(img, 0, "pref_address", o.pref ?? 0x100_0000n);
-  P.set(img, 0, "init_size", o.initSize ?? 0x80_0000);
-  P.set(img, 0, "initrd_addr_max", o.initrdAddrMax ?? 0x7fff_ffff);
-  P.set(img, 0, "cmdline_size", o.cmdlineSize ?? 0x7ff);
-  P.set(img, 0, "kernel_version", 0x100);
-  img.set(new TextEncoder().encode("6.1.0-test (x@y) #1\0"), 0x300);
-  img.fill(0xab, img.length - payload);
-  return img;
-}
 
 function memoryFor(map: MemoryMap): GuestMemory {
   return new GuestMemory(map.ram.map((r) => ({ gpa: r.gpa, bytes: new Uint8Array(r.size) })));

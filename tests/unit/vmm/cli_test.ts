@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import { parseBootArgs } from "../../../cli.ts";
 import { parseSerial, parseSize } from "../../../src/vmm/config.ts";
-import { vcpuCpuid } from "../../../src/vmm/vmm.ts";
+import { openSerial, vcpuCpuid } from "../../../src/vmm/vmm.ts";
+import { close, libc } from "../../../ffi/libc.ts";
 import { UsageError } from "../../../src/util/errors.ts";
+import { fakeImage } from "../machine/fake_bzimage.ts";
 
 Deno.test("boot arguments: defaults and values", () => {
   const c = parseBootArgs(["--kernel", "k", "--memory", "2G", "--cpus", "4", "--no-reboot"]);
@@ -86,4 +88,54 @@ Deno.test("the CLI prints one line and exits 2 on bad input", async () => {
     assert.match(err, re);
     assert.equal(err.trim().split("\n").length, 1, `one line, got: ${err}`);
   }
+});
+
+Deno.test("boot --control never replaces a user's file or a live socket", async () => {
+  const cli = new URL("../../../cli.ts", import.meta.url).pathname;
+  // The path is checked before the kernel runs or KVM is opened: a kernel file that parses will do.
+  const dir = await Deno.makeTempDir();
+  const kernel = `${dir}/bzImage`;
+  Deno.writeFileSync(kernel, fakeImage());
+  const notes = `${dir}/notes.txt`;
+  Deno.writeTextFileSync(notes, "important data\n");
+  const live = Deno.listen({ transport: "unix", path: `${dir}/live.sock` });
+  const cases: [string, RegExp][] = [
+    [notes, /^hyperdeno: --control .*notes\.txt: a regular file is already there; refusing/],
+    [`${dir}/live.sock`, /^hyperdeno: --control .*live\.sock: in use/],
+  ];
+  try {
+    for (const [path, re] of cases) {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", cli, "boot", "--kernel", kernel, "--control", path],
+        stdout: "piped",
+        stderr: "piped",
+        stdin: "null",
+      }).output();
+      const err = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 2, err);
+      assert.match(err, re);
+      assert.equal(err.trim().split("\n").length, 1, `one line, got: ${err}`);
+    }
+    assert.equal(Deno.readTextFileSync(notes), "important data\n");
+    assert.ok(Deno.lstatSync(`${dir}/live.sock`).isSocket, "the live socket is still there");
+  } finally {
+    live.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--serial file=PATH appends to an existing file and never truncates it", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/console.log`;
+  Deno.writeTextFileSync(path, "earlier run\n");
+  const fd = openSerial({ serial: { kind: "file", path } });
+  const line = new TextEncoder().encode("this run\n");
+  assert.equal(Number(libc.write(fd, line, BigInt(line.length))), line.length);
+  close(fd);
+  assert.equal(Deno.readTextFileSync(path), "earlier run\nthis run\n");
+  assert.throws(
+    () => openSerial({ serial: { kind: "file", path: `${dir}/no/such/dir/log` } }),
+    (e: unknown) => e instanceof UsageError && /--serial file=/.test(e.message),
+  );
+  await Deno.remove(dir, { recursive: true });
 });

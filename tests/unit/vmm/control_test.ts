@@ -67,7 +67,7 @@ Deno.test("control disks: per-disk counters after guest-like I/O, exact reply sh
   await io([0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0], 8192); // READ(10) 16 blocks
   await io([0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0); // SYNCHRONIZE CACHE(10)
   const path = `${dir}/ctl.sock`;
-  const server = serveControl(path, () => ({ ...target, scsi }));
+  const server = await serveControl(path, () => ({ ...target, scsi }));
   try {
     const conn = await Deno.connect({ transport: "unix", path });
     await conn.write(new TextEncoder().encode('{"cmd":"disks"}\n'));
@@ -118,7 +118,7 @@ Deno.test("control disks: per-disk counters after guest-like I/O, exact reply sh
 Deno.test("control socket answers JSON lines over a unix socket", async () => {
   const dir = await Deno.makeTempDir();
   const path = `${dir}/ctl.sock`;
-  const server = serveControl(path, () => target);
+  const server = await serveControl(path, () => target);
   try {
     const conn = await Deno.connect({ transport: "unix", path });
     await conn.write(new TextEncoder().encode('{"cmd":"status"}\n{"cmd":"channels"}\n'));
