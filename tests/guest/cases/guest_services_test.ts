@@ -47,7 +47,7 @@ function run(cmd: string, args: string[]): { ok: boolean; out: string; code: num
   return { ok: r.success, code: r.code, out: d.decode(r.stdout) + d.decode(r.stderr) };
 }
 
-async function sha256(path: string): Promise<string> {
+function sha256(path: string): string {
   const r = run("sha256sum", [path]);
   return r.out.split(" ")[0]!;
 }
@@ -74,7 +74,7 @@ async function prepare(): Promise<void> {
     await f.write(block.subarray(0, Math.min(left, block.length)));
   }
   f.close();
-  host.srcSha = await sha256(SRC);
+  host.srcSha = sha256(SRC);
   const raw = await Deno.open(RAW, { create: true, write: true, truncate: true });
   await raw.truncate(DISK_BYTES);
   raw.close();
@@ -167,7 +167,7 @@ if (haveDaemons) {
       }
       return "go\n";
     },
-  }, async (r: GuestRun) => {
+  }, (r: GuestRun) => {
     const ctx = `host ${JSON.stringify(host)}\n${describeRun(r, 40)}`;
     assert.equal(host.error, undefined, ctx);
     // File copy.
