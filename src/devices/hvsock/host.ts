@@ -60,6 +60,8 @@ export class HvsockHost {
   #server: VmbusServer | undefined;
   #nextHostPort = FIRST_HOST_PORT;
   readonly #owner: ConnectionOwner;
+  /** Timers that rescind offers the guest does not open in time. */
+  readonly #openTimers = new Map<HvsockConnection, ReturnType<typeof setTimeout>>();
   /** Resolvers of host connections waiting for the guest's open. */
   readonly #waiting = new Map<HvsockConnection, (opened: boolean) => void>();
 
@@ -70,9 +72,13 @@ export class HvsockHost {
     this.#onDetach = options.onDetach;
     this.#owner = {
       rescind: (c) => this.#server?.removeDevice(c),
-      opened: (c) => this.#settleWait(c, true),
+      opened: (c) => {
+        this.#clearOpenTimer(c);
+        this.#settleWait(c, true);
+      },
       ended: (c) => {
         this.#live.delete(c);
+        this.#clearOpenTimer(c);
         this.#settleWait(c, false);
       },
     };
@@ -139,8 +145,10 @@ export class HvsockHost {
         });
         if (!this.#register(server, conn)) {
           stream.close();
-          refuse(`the endpoint of ${label} is still in use`);
+          return refuse(`the endpoint of ${label} is still in use`);
         }
+        // A guest socket that gave up meanwhile (its connect timeout is 2 s) never opens it.
+        this.#startOpenTimer(conn, "the guest did not open the connection");
       },
       (e) => {
         this.#connecting--;
@@ -176,17 +184,13 @@ export class HvsockHost {
       ...(greeting ? { greeting: greeting(hostPort) } : {}),
     });
     return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        if (conn.state === "offered") conn.abort(`no guest listener took port ${port}`);
-      }, this.#openTimeoutMs);
-      this.#waiting.set(conn, (opened) => {
-        clearTimeout(timer);
-        resolve(opened ? hostPort : undefined);
-      });
+      this.#waiting.set(conn, (opened) => resolve(opened ? hostPort : undefined));
       if (!this.#register(server, conn)) {
         this.#settleWait(conn, false);
         stream.close();
+        return;
       }
+      this.#startOpenTimer(conn, `no guest listener took port ${port}`);
     });
   }
 
@@ -199,6 +203,23 @@ export class HvsockHost {
     }
     this.#live.add(conn);
     return true;
+  }
+
+  #startOpenTimer(conn: HvsockConnection, why: string): void {
+    this.#openTimers.set(
+      conn,
+      setTimeout(() => {
+        this.#openTimers.delete(conn);
+        if (conn.state === "offered") conn.abort(why);
+      }, this.#openTimeoutMs),
+    );
+  }
+
+  #clearOpenTimer(conn: HvsockConnection): void {
+    const t = this.#openTimers.get(conn);
+    if (t === undefined) return;
+    clearTimeout(t);
+    this.#openTimers.delete(conn);
   }
 
   #settleWait(conn: HvsockConnection, opened: boolean): void {

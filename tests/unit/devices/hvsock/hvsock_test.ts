@@ -262,3 +262,15 @@ Deno.test("hvsock: many connections at once, each its own channel", async () => 
     assertEquals(new Uint8Array(streams.get(200 + i)!.written), pattern(100, i));
   }
 });
+
+Deno.test("hvsock: a guest connect offer nobody opens is rescinded after the open timeout", async () => {
+  const { guest, streams } = rig({ openTimeoutMs: 20 });
+  guestConnect(guest, 1, 2);
+  await settle(guest);
+  const offer = offerFor(guest, 2)!;
+  assert(offer);
+  await new Promise((r) => setTimeout(r, 40));
+  guest.receive();
+  assertEquals(guest.rescinded, [offer.relid]);
+  assert(streams.get(2)!.closed);
+});
