@@ -10,6 +10,7 @@
  * {"cmd":"channels"}                       → {"ok":true,"channels":[{relid,device,state,ringFill,…}]}
  * {"cmd":"disks"}                          → {"ok":true,"disks":[DiskStatus,…]}
  * {"cmd":"copy-to-guest",…} {"cmd":"freeze"} {"cmd":"thaw"} {"cmd":"snapshot",…}
+ * {"cmd":"memory"} {"cmd":"balloon","target":"768M"}
  *                                          → see `guest_services.ts`
  * ```
  *
@@ -32,6 +33,7 @@ import type { IntegrationComponents } from "../devices/ic/mod.ts";
 import type { ScsiController } from "../devices/storage/mod.ts";
 import type { ExitSnapshot } from "../kvm/exit_counters.ts";
 import type { VmbusServer } from "../vmbus/mod.ts";
+import type { DynamicMemoryDevice } from "../devices/balloon/mod.ts";
 import { getLogger } from "../util/log.ts";
 import { guestServicesCommand, guestServicesStatus } from "./guest_services.ts";
 import { listenUnixSocket } from "../util/unix_socket.ts";
@@ -46,6 +48,9 @@ export interface ControlTarget {
   ics: IntegrationComponents | undefined;
   /** The SCSI controller of `--disk` (undefined without disks). */
   scsi: ScsiController | undefined;
+  /** The Dynamic Memory device and the boot RAM size (`memory`, `balloon`). */
+  balloon?: DynamicMemoryDevice | undefined;
+  memoryBytes?: number;
   /** Exit counters of each vCPU since this boot started (`status`'s `exits`). */
   exits?: () => ExitSnapshot[];
   /** Channel doorbells KVM completed through eventfds this boot (`status`'s `doorbells`). */

@@ -7,7 +7,13 @@
  * {"cmd":"freeze"} → {"ok":true}            {"cmd":"thaw"} → {"ok":true,"frozenMs":n}
  * {"cmd":"snapshot","disk":LUN,"path":FILE}
  *     → {"ok":true,"path":FILE,"bytes":n,"frozenMs":n}
+ * {"cmd":"memory"} → {"ok":true,"bootBytes":n,"balloonedBytes":n,"guestBytes":n,
+ *                     "guest":{"availableBytes":n,"committedBytes":n,"ageMs":n}|null,"hostRssBytes":n}
+ * {"cmd":"balloon","target":"768M"} → {"ok":true,"changedBytes":n,"guestBytes":n}
  * ```
+ *
+ * `balloon` moves the guest's memory toward `target` (bytes or a size like `768M`): it takes
+ * pages from the guest (Linux gives fewer when it reaches its floor) or gives ballooned ones back.
  *
  * `snapshot` freezes the guest's file systems (VSS), flushes the disk's backend, copies its
  * image file (raw or qcow2, as it is) to a new file FILE, thaws, and reports how long the guest
@@ -17,11 +23,15 @@
  */
 import type { IntegrationComponents } from "../devices/ic/mod.ts";
 import type { ScsiController } from "../devices/storage/mod.ts";
+import { DM_PAGE_SIZE, type DynamicMemoryDevice, hostRssBytes } from "../devices/balloon/mod.ts";
+import { parseSize } from "./config.ts";
 
 /** What the guest-service commands need from the running VM. */
 export interface GuestServicesTarget {
   ics: IntegrationComponents | undefined;
   scsi: ScsiController | undefined;
+  balloon?: DynamicMemoryDevice | undefined;
+  memoryBytes?: number;
 }
 
 /** The `status` fields of the guest services. */
@@ -66,6 +76,10 @@ export async function guestServicesCommand(
     }
     case "snapshot":
       return await snapshot(req, target);
+    case "memory":
+      return memoryInfo(target);
+    case "balloon":
+      return await balloonTo(req, target);
     default:
       return undefined;
   }
@@ -111,5 +125,56 @@ async function snapshot(
     format: disk.backend.format,
     bytes,
     frozenMs: Math.round(frozenMs ?? performance.now() - t0),
+  };
+}
+
+function memoryInfo(target: GuestServicesTarget): Record<string, unknown> {
+  const b = target.balloon;
+  if (!b || target.memoryBytes === undefined) return { ok: false, error: "no balloon device" };
+  const info = b.info();
+  const ballooned = info.balloonedPages * DM_PAGE_SIZE;
+  return {
+    ok: true,
+    driver: info.state,
+    version: info.version ?? null,
+    bootBytes: target.memoryBytes,
+    balloonedBytes: ballooned,
+    guestBytes: target.memoryBytes - ballooned,
+    guest: info.status
+      ? {
+        availableBytes: info.status.availablePages * DM_PAGE_SIZE,
+        committedBytes: info.status.committedPages * DM_PAGE_SIZE,
+        ageMs: Math.round(performance.now() - info.status.at),
+      }
+      : null,
+    statusReports: info.statusReports,
+    hostRssBytes: hostRssBytes() ?? null,
+  };
+}
+
+async function balloonTo(
+  req: Record<string, unknown>,
+  target: GuestServicesTarget,
+): Promise<Record<string, unknown>> {
+  const b = target.balloon;
+  if (!b || target.memoryBytes === undefined) return { ok: false, error: "no balloon device" };
+  let want: number;
+  try {
+    want = typeof req.target === "number" ? req.target : parseSize(String(req.target), "target");
+  } catch (e) {
+    return { ok: false, error: `balloon: ${(e as Error).message}` };
+  }
+  if (!Number.isSafeInteger(want) || want <= 0 || want > target.memoryBytes) {
+    return { ok: false, error: `balloon: target must be between 1 byte and the boot RAM` };
+  }
+  const now = target.memoryBytes - b.balloonedPages * DM_PAGE_SIZE;
+  const pages = Math.floor(Math.abs(now - want) / DM_PAGE_SIZE);
+  let changed = 0;
+  if (pages > 0 && want < now) changed = -(await b.inflate(pages));
+  else if (pages > 0) changed = await b.deflate(pages);
+  return {
+    ok: true,
+    changedBytes: changed * DM_PAGE_SIZE,
+    guestBytes: target.memoryBytes - b.balloonedPages * DM_PAGE_SIZE,
   };
 }

@@ -16,6 +16,7 @@ import { setupEnlightenments, type SyndbgLink } from "./enlightenments.ts";
 import { type ControlTarget, serveControl } from "./control.ts";
 import { VmbusServer } from "../vmbus/mod.ts";
 import { VsockUnixBackend } from "../devices/hvsock/mod.ts";
+import { DynamicMemoryDevice, madviseRelease } from "../devices/balloon/mod.ts";
 import { bindDoorbells, doorbellEventfdsFromEnv, type Doorbells } from "./doorbells.ts";
 import { openDisk, ScsiController, ScsiDisk, StorvspDevice } from "../devices/storage/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
@@ -380,6 +381,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
 
     // 6. VMBus host and its devices (needs the SynIC).
     let ics: IntegrationComponents | undefined;
+    let balloon: DynamicMemoryDevice | undefined;
     let doorbells: Doorbells | undefined;
     const hv = enlightenments.hv;
     if (hv && withVmbus) {
@@ -406,6 +408,8 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
         },
       });
       for (const d of ics.devices) server.addDevice(d);
+      balloon = new DynamicMemoryDevice(memory, { release: madviseRelease(memory) });
+      server.addDevice(balloon);
       cleanups.push(() => ics?.dispose());
       if (inputs.scsi) {
         const storvsp = new StorvspDevice(inputs.scsi.controller, {
@@ -422,6 +426,8 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       vmbus,
       ics,
       scsi: inputs.scsi?.controller,
+      balloon,
+      memoryBytes: map.ramBytes,
       exits: () => exitCounters.map((sab) => new ExitCounters(sab).snapshot()),
       ...(doorbells ? { doorbells: () => doorbells?.count ?? 0 } : {}),
     });

@@ -71,7 +71,8 @@ async function exchange(
 ): Promise<Exchange> {
   const t0 = performance.now();
   const writer = (async () => {
-    for (let at = 0; at < data.length; at += 65536) await conn.write(data.subarray(at, at + 65536));
+    // conn.write may write less than it was given.
+    for (let at = 0; at < data.length;) at += await conn.write(data.subarray(at, at + 65536));
     await conn.closeWrite();
   })();
   let recv = 0;
@@ -111,7 +112,7 @@ const hostConns: (Exchange & { hostPort: number; ok: string })[] = [];
 
 async function connectToGuest(i: number): Promise<void> {
   const conn = await Deno.connect({ transport: "unix", path: VSOCK });
-  await conn.write(new TextEncoder().encode("CONNECT 6000\n"));
+  await conn.write(new TextEncoder().encode("CONNECT 6000\n")); // 13 bytes: written whole
   // Read the OK line; bytes after it are the guest's stream.
   let got = new Uint8Array(0);
   const buf = new Uint8Array(65536);
