@@ -30,9 +30,8 @@ const RAM_PAGES = 4096; // 16 MiB
 
 function setup() {
   const released: PageRange[] = [];
-  let dev!: DynamicMemoryDevice;
   const { guest, server } = LoopbackGuest.create({ devices: [] });
-  dev = new DynamicMemoryDevice(guest.memory, {
+  const dev = new DynamicMemoryDevice(guest.memory, {
     release: (gpa, bytes) => released.push({ startPfn: gpa / 4096, pages: bytes / 4096 }),
     timeoutMs: 1000,
   });
