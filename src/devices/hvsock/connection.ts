@@ -75,6 +75,7 @@ const PACKET_OVERHEAD = 16 + PipeDataHeader.size + 8 + 8;
 
 const logger = getLogger("dev", "hvsock");
 const warnGuest = rateLimited();
+const noteAbort = rateLimited();
 
 /** Life of a connection. */
 export type ConnectionState = "offered" | "open" | "ended";
@@ -135,7 +136,13 @@ export class HvsockConnection implements VmbusDevice {
   /** Ends the connection from the host side (VMM shutdown, host-side timeout): rescinds. */
   abort(why: string): void {
     if (this.#state === "ended") return;
-    logger.debug("{name} ends: {why}", { name: this.name, why });
+    noteAbort((n) =>
+      logger.info("{name} ends early: {why}{more}", {
+        name: this.name,
+        why,
+        more: n > 0 ? ` (${n} similar lines suppressed)` : "",
+      })
+    );
     if (this.#channel?.isOpen && !this.#finSent) {
       this.#finSent = this.#channel.send(framePipePacket(this.#packet, 0));
     }

@@ -61,6 +61,7 @@ interface Exchange {
   recv: number;
   recvcrc: string;
   ms: number;
+  error?: string;
 }
 
 /** Sends `data` and reads to the end at the same time; ends the write side after the data. */
@@ -70,11 +71,13 @@ async function exchange(
   head?: Uint8Array,
 ): Promise<Exchange> {
   const t0 = performance.now();
+  let sent = 0;
+  let error: string | undefined;
   const writer = (async () => {
     // conn.write may write less than it was given.
-    for (let at = 0; at < data.length;) at += await conn.write(data.subarray(at, at + 65536));
+    while (sent < data.length) sent += await conn.write(data.subarray(sent, sent + 65536));
     await conn.closeWrite();
-  })();
+  })().catch((e) => void (error = `write after ${sent} bytes: ${e}`));
   let recv = 0;
   let crc = 0;
   if (head && head.length > 0) {
@@ -82,15 +85,19 @@ async function exchange(
     crc = crcUpdate(crc, head);
   }
   const buf = new Uint8Array(65536);
-  for (;;) {
-    const n = await conn.read(buf);
-    if (n === null) break;
-    recv += n;
-    crc = crcUpdate(crc, buf.subarray(0, n));
+  try {
+    for (;;) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      recv += n;
+      crc = crcUpdate(crc, buf.subarray(0, n));
+    }
+  } catch (e) {
+    error ??= `read after ${recv} bytes: ${e}`;
   }
   await writer;
   conn.close();
-  return { recv, recvcrc: hex(crc), ms: performance.now() - t0 };
+  return { recv, recvcrc: hex(crc), ms: performance.now() - t0, ...(error ? { error } : {}) };
 }
 
 const hostData = pattern(HOST_SEED, BYTES);
@@ -144,6 +151,7 @@ async function hvsockChannels(): Promise<unknown[]> {
 }
 
 const channelsAfter: Record<string, unknown[]> = {};
+const hostErrors: string[] = [];
 let h2gSeconds = 0;
 
 function guestScript(): string {
@@ -176,7 +184,7 @@ if (tool.ok) {
   guestTest("hv_sock: guest→host and host→guest streams, three at once, channels freed", {
     modules: ["hv_vmbus", "hv_sock"],
     timeoutMs: 900_000,
-    vmmArgs: ["--control", CONTROL, "--vsock", VSOCK],
+    vmmArgs: ["--control", CONTROL, "--vsock", VSOCK, "--log-level", "info"],
     files: tool.ok ? { "/hd/vsock": { data: tool.image, mode: 0o755 } } : {},
     script: guestScript(),
     onMark: async (key) => {
@@ -186,7 +194,12 @@ if (tool.ok) {
       }
       if (key === "h2g-listening") {
         const t0 = performance.now();
-        await Promise.all(Array.from({ length: CONNECTIONS }, (_, i) => connectToGuest(i)));
+        await Promise.all(
+          Array.from(
+            { length: CONNECTIONS },
+            (_, i) => connectToGuest(i).catch((e) => void hostErrors.push(String(e))),
+          ),
+        );
         h2gSeconds = (performance.now() - t0) / 1000;
         return "go\n";
       }
@@ -198,7 +211,9 @@ if (tool.ok) {
   }, (run: GuestRun) => {
     service.close();
     void serving;
-    const ctx = describeRun(run, 40);
+    const ctx =
+      `host: received ${JSON.stringify(received)} hostConns ${JSON.stringify(hostConns)} ` +
+      `errors ${JSON.stringify(hostErrors)}\n${describeRun(run, 60)}`;
     // Guest → host: each guest client got the host's stream; the host got each client's stream.
     const sentByGuest = new Set<string>();
     for (let i = 1; i <= CONNECTIONS; i++) {
@@ -212,6 +227,7 @@ if (tool.ok) {
     }
     assert.equal(received.length, CONNECTIONS, ctx);
     for (const e of received) {
+      assert.equal(e.error, undefined, ctx);
       assert.equal(e.recv, BYTES);
       assert.ok(
         sentByGuest.has(e.recvcrc),

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -116,6 +117,9 @@ int main(int argc, char **argv) {
     int fd = socket(AF_VSOCK, SOCK_STREAM, 0);
     if (fd < 0) return printf("FAIL: socket: %s\n", strerror(errno)), 1;
     struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_HOST, .svm_port = port};
+    /* The default connect timeout is 2 s; a nested, loaded test machine can take longer. */
+    struct timeval tv = {.tv_sec = 30};
+    setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv, sizeof(tv));
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
       return printf("FAIL: connect to port %u: %s\n", port, strerror(errno)), 1;
     }
