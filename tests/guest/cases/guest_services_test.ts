@@ -146,17 +146,19 @@ if (haveDaemons) {
           dd if=/dev/zero of=/mnt/$1/f$((i % 8)) bs=4k count=16 conv=fsync 2>/dev/null
         done
       }
-      writer a & writer b &
+      writer a & wa=$!
+      writer b & wb=$!
       hd_mark services-ready 1
       read -t 1100 -r reply
       touch /tmp/stop
-      sleep 2
+      wait $wa $wb
       hd_mark copy_sha "$(sha256sum /root/copy.bin | cut -d' ' -f1)"
       hd_mark copy_size "$(stat -c %s /root/copy.bin)"
       hd_mark counters "$(cat /mnt/a/counter) $(cat /mnt/b/counter)"
       hd_mark vss_log "$(grep -o 'VSS: op=[A-Z ]*: [a-z]*' /tmp/syslog | sort | uniq -c | tr -s ' ' | tr '\\n' ';')"
       hd_mark fcopy_log "$(grep -c 'exists' /tmp/syslog)"
-      umount /mnt/a; umount /mnt/b
+      umount /mnt/a && umount /mnt/b || hd_fail "umount"
+      true
     `,
     onMark: async (key) => {
       if (key !== "services-ready") return;
