@@ -20,12 +20,14 @@ function memTotalKb(line: string | undefined): number {
 guestTest("balloon: 256 MiB taken (MemTotal and VMM RSS drop) and given back", {
   modules: ["hv_vmbus", "hv_balloon"],
   memory: "1G",
-  cmdline: "hv_balloon.pressure_report_delay=0",
   timeoutMs: 600_000,
   vmmArgs: ["--control", CONTROL],
   script: `
     for i in $(seq 1 60); do dmesg | grep -q 'Dynamic Memory protocol' && break; sleep 1; done
     hd_mark dm "$(dmesg | grep -o 'Dynamic Memory protocol version [0-9.]*')"
+    # Status reports start after pressure_report_delay (45 s); busybox insmod ignores the
+    # command line's hv_balloon.pressure_report_delay, so set it here.
+    echo 0 > /sys/module/hv_balloon/parameters/pressure_report_delay
     # Touch 400 MiB, then free it: the host now backs pages the guest does not use.
     mkdir -p /fill && mount -t tmpfs -o size=500m tmpfs /fill
     dd if=/dev/zero of=/fill/x bs=1M count=400 2>/dev/null; rm /fill/x; umount /fill

@@ -17,7 +17,7 @@ import { askControl, assertMark, describeRun, type GuestRun, guestTest } from ".
 
 const FCOPY = "/usr/sbin/hv_fcopy_daemon";
 const VSS = "/usr/sbin/hv_vss_daemon";
-const haveDaemons = [FCOPY, VSS].every((p) => {
+const haveDaemons = [FCOPY, VSS, "/usr/sbin/mkfs.ext4", "/usr/sbin/e2fsck"].every((p) => {
   try {
     return Deno.statSync(p).isFile;
   } catch {
@@ -75,11 +75,14 @@ async function prepare(): Promise<void> {
   }
   f.close();
   host.srcSha = sha256(SRC);
+  // Journaled ext4 made on the host (busybox mke2fs makes ext2 only); the qcow2 from it.
   const raw = await Deno.open(RAW, { create: true, write: true, truncate: true });
   await raw.truncate(DISK_BYTES);
   raw.close();
-  const q = run("qemu-img", ["create", "-q", "-f", "qcow2", QCOW, String(DISK_BYTES)]);
-  if (!q.ok) throw new Error(`qemu-img create: ${q.out}`);
+  const mk = run("mkfs.ext4", ["-q", "-F", RAW]);
+  if (!mk.ok) throw new Error(`mkfs.ext4: ${mk.out}`);
+  const q = run("qemu-img", ["convert", "-O", "qcow2", RAW, QCOW]);
+  if (!q.ok) throw new Error(`qemu-img convert: ${q.out}`);
 }
 
 /** Runs the host side while the guest waits at its mark. */
@@ -132,9 +135,7 @@ if (haveDaemons) {
       for i in $(seq 1 60); do [ -e /dev/vmbus/hv_fcopy ] && [ -e /dev/vmbus/hv_vss ] && break; sleep 1; done
       for i in $(seq 1 60); do [ -b /dev/sda ] && [ -b /dev/sdb ] && break; sleep 1; done
       mkdir -p /mnt/a /mnt/b /root
-      for d in a b; do
-        mke2fs -q -t ext4 /dev/sd$d >/dev/null && mount -t ext4 /dev/sd$d /mnt/$d || hd_fail "mkfs $d"
-      done
+      for d in a b; do mount -t ext4 /dev/sd$d /mnt/$d || hd_fail "mount $d"; done
       ${FCOPY} -n >/dev/null 2>&1 &
       ${VSS} -n >/dev/null 2>&1 &
       sleep 2

@@ -115,7 +115,7 @@ const serving = (async () => {
 })().catch(() => {});
 
 /** Host → guest: connections through PATH. */
-const hostConns: (Exchange & { hostPort: number; ok: string })[] = [];
+const hostConns: (Exchange & { index: number; hostPort: number; ok: string })[] = [];
 
 async function connectToGuest(i: number): Promise<void> {
   const conn = await Deno.connect({ transport: "unix", path: VSOCK });
@@ -136,7 +136,7 @@ async function connectToGuest(i: number): Promise<void> {
   const ok = new TextDecoder().decode(got.subarray(0, nl));
   const hostPort = Number(/^OK (\d+)$/.exec(ok)?.[1] ?? NaN);
   const e = await exchange(conn, pattern(HOST_SEED + 1 + i, BYTES), got.subarray(nl + 1));
-  hostConns.push({ ...e, hostPort, ok });
+  hostConns.push({ ...e, index: i, hostPort, ok });
 }
 
 /** hv_sock channels still known to the VMBus server (any state). */
@@ -240,7 +240,8 @@ if (tool.ok) {
     assert.equal(run.marks.get("h2g-fail"), undefined, ctx);
     assert.equal(hostConns.length, CONNECTIONS, ctx);
     const guestLines = [1, 2, 3].map((i) => run.marks.get(`h2g${i}`) ?? "");
-    for (const [i, c] of hostConns.entries()) {
+    for (const c of hostConns) {
+      assert.equal(c.error, undefined, ctx);
       assert.ok(Number.isInteger(c.hostPort), c.ok);
       const line = guestLines.find((l) => field(l, "peer") === String(c.hostPort));
       assert.ok(line, `the guest saw host port ${c.hostPort}: ${guestLines.join(" | ")}`);
@@ -248,7 +249,11 @@ if (tool.ok) {
       assert.equal(c.recv, BYTES);
       assert.equal(c.recvcrc, hex(crcUpdate(0, pattern(c.hostPort, BYTES))));
       assert.equal(field(line, "recv"), String(BYTES));
-      assert.equal(field(line, "recvcrc"), hex(crcUpdate(0, pattern(HOST_SEED + 1 + i, BYTES))));
+      assert.equal(
+        field(line, "recvcrc"),
+        hex(crcUpdate(0, pattern(HOST_SEED + 1 + c.index, BYTES))),
+        `host connection ${c.index}: the guest got its bytes`,
+      );
     }
     assert.deepEqual(channelsAfter.h2g, [], "host→guest channels are gone after the close");
     const mib = (CONNECTIONS * BYTES) / 2 ** 20;
