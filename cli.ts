@@ -65,6 +65,10 @@ boot options:
                          stale socket is replaced
   --display SPEC         none | bochs[,WxH]: a bochs-display PCI device (EDID mode WxH,
                          default 1024x768)                                       (default: none)
+  --vsock PATH           hv_sock (AF_VSOCK over VMBus), Firecracker-style: a guest connecting to
+                         CID 2 port P reaches the unix socket PATH_P; a host client connecting to
+                         PATH and writing "CONNECT P\n" reaches a guest listening on port P
+                         (PATH follows the --control rule)
   --log-level LEVEL      error | warning | info | debug                          (default: warning)
 
 Exit status: 0 guest powered off (or reset with --no-reboot), 1 the VM failed (triple fault,
@@ -124,6 +128,7 @@ export function parseBootArgs(args: string[]): VmConfig {
         "rtc-offset": { type: "string", default: "0" },
         control: { type: "string" },
         display: { type: "string", default: "none" },
+        vsock: { type: "string" },
         "log-level": { type: "string", default: "warning" },
         firmware: { type: "string" },
         "firmware-code": { type: "string" },
@@ -170,6 +175,7 @@ export function parseBootArgs(args: string[]): VmConfig {
     config.initrdPath = v.initrd;
   }
   if (v.control !== undefined) config.controlPath = v.control;
+  if (v.vsock !== undefined) config.vsockPath = v.vsock;
   if (v.syndbg !== undefined) config.syndbg = parseSyndbg(v.syndbg);
   hvFeaturesOf(config); // a bad --hv list (or --syndbg mismatch) fails here, before any file is read
   return config;

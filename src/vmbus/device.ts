@@ -28,6 +28,12 @@ export interface VmbusDevice {
   readonly channelFlags?: number;
   /** Sub-channels the device accepts (`Channel.enableSubChannels`); default 0. */
   readonly maxSubChannels?: number;
+  /**
+   * True for a device that exists for one guest connection only (an hv_sock connection): when
+   * the guest unloads VMBus, contacts the host again or the VM resets, the server forgets it
+   * (after `onClose` if it was open) instead of offering it again, and calls `onDisconnect`.
+   */
+  readonly connectionScoped?: boolean;
 
   /**
    * The guest opened `channel` (primary or sub-channel): rings are ready. Return `false` (or
@@ -67,6 +73,9 @@ export interface VmbusDevice {
 
   /** The guest moved the channel's interrupt to `targetVp` (MODIFYCHANNEL). */
   onRetarget?(channel: Channel, targetVp: number): void;
+
+  /** A `connectionScoped` device was dropped with the guest's connection (see there). */
+  onDisconnect?(): void;
 }
 
 /** Options of `Channel.send`. */

@@ -714,13 +714,30 @@ export class VmbusServer {
     }
     this.#channels.clear();
     this.#relidUsed.fill(0);
-    for (const e of this.#entries) {
+    const dropped: VmbusDevice[] = [];
+    for (let i = this.#entries.length - 1; i >= 0; i--) {
+      const e = this.#entries[i]!;
       e.channels = [];
       e.waitingForRelease = false;
+      if (e.device.connectionScoped) {
+        this.#entries.splice(i, 1);
+        dropped.push(e.device);
+      }
     }
     this.#gpadls.clear();
     this.#queue = [];
     this.#queueHead = 0;
+    for (const d of dropped) {
+      if (!d.onDisconnect) continue;
+      try {
+        d.onDisconnect();
+      } catch (e) {
+        this.#stats.deviceErrors++;
+        this.#warnDevice((n) =>
+          logger.error(`${d.name ?? "device"} onDisconnect threw: ${e}${suppressed(n)}`)
+        );
+      }
+    }
   }
 
   // ---- offers ------------------------------------------------------------------------------------

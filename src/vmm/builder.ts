@@ -33,6 +33,8 @@ import { registerHyperVPorts } from "../hyperv/host/hyperv_host.ts";
 import { VmbusServer } from "../vmbus/mod.ts";
 import { bindDoorbells, type Doorbells } from "../vmbus/doorbells.ts";
 import { type ScsiController, StorvspDevice } from "../devices/storage/mod.ts";
+import type { VsockUnixBackend } from "../devices/hvsock/mod.ts";
+import { DynamicMemoryDevice, madviseRelease } from "../devices/balloon/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
 import { type LinuxBoot, loadLinux } from "../machine/linux_boot.ts";
@@ -96,6 +98,8 @@ export interface BootInputs {
   syndbg: (SyndbgLink & { hypercalls: boolean }) | undefined;
   /** Host input for the guest console. */
   console: ConsoleInput;
+  /** The `--vsock` backend, kept across resets. */
+  vsock: VsockUnixBackend | undefined;
   /** Makes the running VM reachable from the control socket (undefined: it stopped). */
   publish: (target: Omit<ControlTarget, "boots"> | undefined) => void;
 }
@@ -254,6 +258,7 @@ interface VmbusParts {
   server: VmbusServer;
   ics: IntegrationComponents;
   doorbells: Doorbells;
+  balloon: DynamicMemoryDevice;
 }
 
 /**
@@ -268,7 +273,12 @@ function attachVmbus(
   t: Teardown,
 ): VmbusParts {
   const { config, inputs } = o;
-  const server = new VmbusServer(memory, hv.synic, { vpCount: config.cpus });
+  // hv_sock offers a channel per connection: the server takes its offer hooks for this boot.
+  const vsock = inputs.vsock?.newBoot();
+  const server = new VmbusServer(memory, hv.synic, {
+    vpCount: config.cpus,
+    ...vsock?.serverOptions,
+  });
   o.ref.server = server;
   const doorbells = bindDoorbells(
     vm,
@@ -295,10 +305,14 @@ function attachVmbus(
     server.addDevice(storvsp);
     t.add(() => storvsp.close());
   }
+  if (vsock) t.add(vsock.attach(server));
+  // Dynamic memory (hv_balloon) on every VMBus guest, as Hyper-V offers it.
+  const balloon = new DynamicMemoryDevice(memory, { release: madviseRelease(memory) });
+  server.addDevice(balloon);
   // --- end of VMBus devices ---
   // Runs before the devices close and guest memory goes: storage may still move data into it.
   t.add(() => quiesceVmbus(server));
-  return { server, ics, doorbells };
+  return { server, ics, doorbells, balloon };
 }
 
 /**
@@ -393,6 +407,8 @@ export async function bootOnce(
       vmbus: vmbus?.server,
       ics: vmbus?.ics,
       scsi: inputs.scsi?.controller,
+      balloon: vmbus?.balloon,
+      memoryBytes: inputs.map.ramBytes,
       exits: () => exitCounters.map((sab) => new ExitCounters(sab).snapshot()),
       ...(vmbus ? { doorbells: () => vmbus.doorbells.count } : {}),
       ...(hv

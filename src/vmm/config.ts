@@ -48,6 +48,8 @@ export interface VmConfig {
   cdroms: string[];
   /** SATA disks and CD-ROMs in command-line order: AHCI port i takes the i-th (boot order). */
   sataOrder?: ("disk" | "cdrom")[];
+  /** hv_sock unix socket base path (`--vsock`): guest port P is `PATH_P`. */
+  vsockPath?: string;
   /** `--disk` specs, in order (LUN = position unless given). */
   disks: DiskSpec[];
   /** Seconds the guest's CMOS clock is off from the host at power-on (`--rtc-offset`). */
@@ -218,4 +220,5 @@ export function hvFeaturesOf(config: Pick<VmConfig, "hv" | "syndbg">): HvFeature
  */
 export async function checkPathFlags(config: VmConfig): Promise<void> {
   if (config.controlPath !== undefined) await checkSocketPath(config.controlPath, "--control");
+  if (config.vsockPath !== undefined) await checkSocketPath(config.vsockPath, "--vsock");
 }

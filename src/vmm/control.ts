@@ -11,6 +11,9 @@
  * {"cmd":"disks"}                          → {"ok":true,"disks":[DiskStatus,…]}
  * {"cmd":"screendump","path":"FILE.png"}   → {"ok":true,"width":W,"height":H}
  * {"cmd":"pci"}                            → {"ok":true,"devices":[PciDeviceStatus,…]}
+ * {"cmd":"copy-to-guest",…} {"cmd":"freeze"} {"cmd":"thaw"} {"cmd":"snapshot",…}
+ * {"cmd":"memory"} {"cmd":"balloon","target":"768M"}
+ *                                          → see `guest_services.ts`
  * ```
  *
  * `screendump` writes the display's visible screen (`--display bochs`) as a PNG; it refuses
@@ -39,7 +42,9 @@ import type { ScsiController } from "../devices/storage/mod.ts";
 import type { ExitSnapshot } from "../kvm/exit_counters.ts";
 import type { HypercallSnapshot } from "../hyperv/mod.ts";
 import type { VmbusServer } from "../vmbus/mod.ts";
+import type { DynamicMemoryDevice } from "../devices/balloon/mod.ts";
 import { getLogger } from "../util/log.ts";
+import { guestServicesCommand, guestServicesStatus } from "./guest_services.ts";
 import { listenUnixSocket } from "../util/unix_socket.ts";
 
 const log = getLogger("cli", "control");
@@ -52,6 +57,9 @@ export interface ControlTarget {
   ics: IntegrationComponents | undefined;
   /** The SCSI controller of `--disk` (undefined without disks). */
   scsi: ScsiController | undefined;
+  /** The Dynamic Memory device and the boot RAM size (`memory`, `balloon`). */
+  balloon?: DynamicMemoryDevice | undefined;
+  memoryBytes?: number;
   /** Exit counters of each vCPU since this boot started (`status`'s `exits`). */
   exits?: () => ExitSnapshot[];
   /** Channel doorbells KVM completed through eventfds this boot (`status`'s `doorbells`). */
@@ -168,6 +176,7 @@ export async function handleControlRequest(
           ...(target.exits ? { exits: target.exits() } : {}),
           ...(target.doorbells ? { doorbells: target.doorbells() } : {}),
           ...(target.hypercalls ? { hypercalls: target.hypercalls() } : {}),
+          ...guestServicesStatus(target),
         };
       case "shutdown":
       case "reboot": {
@@ -209,7 +218,8 @@ export async function handleControlRequest(
       case "pci":
         return { ok: true, devices: target.pci?.() ?? [] };
       default:
-        return { ok: false, error: `unknown cmd ${JSON.stringify(req.cmd)}` };
+        return (await guestServicesCommand(req, target)) ??
+          { ok: false, error: `unknown cmd ${JSON.stringify(req.cmd)}` };
     }
   } catch (e) {
     return { ok: false, error: (e as Error).message };

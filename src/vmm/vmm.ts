@@ -13,6 +13,7 @@ import type { SyndbgLink } from "../hyperv/host/enlightenments.ts";
 import { openDebugSocket } from "../hyperv/host/syndbg_udp.ts";
 import { doorbellEventfdsFromEnv } from "../vmbus/doorbells.ts";
 import { openDisk, ScsiController, ScsiDisk } from "../devices/storage/mod.ts";
+import { VsockUnixBackend } from "../devices/hvsock/mod.ts";
 import { parseBzImage } from "../machine/linux_boot.ts";
 import { buildMemoryMap } from "../machine/memory_map.ts";
 import { UsageError } from "../util/errors.ts";
@@ -103,6 +104,8 @@ export async function runVm(config: VmConfig): Promise<number> {
   const control = config.controlPath
     ? await serveControl(config.controlPath, () => controlTarget)
     : undefined;
+  // hv_sock's listener outlives guest resets; each boot serves its own connections.
+  const vsock = config.vsockPath ? await VsockUnixBackend.listen(config.vsockPath) : undefined;
   // The debugger link outlives guest resets too, like the debug session it carries.
   const syndbg = config.syndbg ? openSyndbg(config.syndbg) : undefined;
   const serialFd = openSerial(config);
@@ -131,6 +134,7 @@ export async function runVm(config: VmConfig): Promise<number> {
         features,
         scsi,
         syndbg,
+        vsock,
         doorbellEventfds,
         console: consoleInput,
         publish: (t) => controlTarget = t ? { ...t, boots } : undefined,
@@ -171,6 +175,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     raw?.restore();
     stdin?.stop();
     control?.close();
+    vsock?.close();
     if (serialFd > 2) close(serialFd);
     if (syndbg) close(syndbg.fd);
     await scsi?.close();

@@ -1,11 +1,11 @@
 /**
- * Hyper-V integration components as VMBus devices: shutdown, heartbeat, time sync and KVP, the
- * services Linux's `hv_utils` driver binds to.
+ * Hyper-V integration components as VMBus devices: shutdown, heartbeat, time sync, KVP, file copy
+ * and VSS, the services Linux's `hv_utils` driver binds to.
  *
  * - `protocol.ts`: wire formats and constants.
  * - `framework.ts`: the negotiation, request/answer matching, timeouts and hostile-input
  *   handling every IC shares (`IcDevice`), the injected `Scheduler`, `IcError`.
- * - `shutdown.ts`, `heartbeat.ts`, `timesync.ts`, `kvp.ts`: one IC each.
+ * - `shutdown.ts`, `heartbeat.ts`, `timesync.ts`, `kvp.ts`, `fcopy.ts`, `vss.ts`: one IC each.
  *
  * ```ts
  * const ics = createIntegrationComponents({ timesync: { referenceTime } });
@@ -18,6 +18,8 @@ import type { VmbusDevice } from "../../vmbus/device.ts";
 import type { IcOptions, Scheduler } from "./framework.ts";
 import { HeartbeatIc, type HeartbeatIcOptions } from "./heartbeat.ts";
 import { KvpIc, type KvpIcOptions } from "./kvp.ts";
+import { FcopyIc, type FcopyIcOptions } from "./fcopy.ts";
+import { VssIc, type VssIcOptions } from "./vss.ts";
 import { ShutdownIc, type ShutdownIcOptions } from "./shutdown.ts";
 import { TimesyncIc, type TimesyncIcOptions } from "./timesync.ts";
 
@@ -56,6 +58,15 @@ export {
   type KvpRequestOptions,
   type KvpValue,
 } from "./kvp.ts";
+export {
+  type CopyResult,
+  type CopyToGuestOptions,
+  FcopyIc,
+  type FcopyIcOptions,
+  type FcopyProgress,
+  splitGuestPath,
+} from "./fcopy.ts";
+export { VssIc, type VssIcOptions } from "./vss.ts";
 
 /** Options of `createIntegrationComponents`: one block per IC, plus a shared scheduler. */
 export interface IntegrationComponentsOptions {
@@ -69,9 +80,13 @@ export interface IntegrationComponentsOptions {
   readonly timesync?: TimesyncIcOptions;
   /** KVP IC options. */
   readonly kvp?: KvpIcOptions;
+  /** File copy IC options. */
+  readonly fcopy?: FcopyIcOptions;
+  /** VSS IC options. */
+  readonly vss?: VssIcOptions;
 }
 
-/** The four ICs and the list to register with the VMBus server. */
+/** The ICs and the list to register with the VMBus server. */
 export interface IntegrationComponents {
   /** Shutdown IC. */
   readonly shutdown: ShutdownIc;
@@ -81,9 +96,13 @@ export interface IntegrationComponents {
   readonly timesync: TimesyncIc;
   /** KVP IC. */
   readonly kvp: KvpIc;
-  /** In offer order: shutdown, time sync, heartbeat, KVP (Hyper-V's order). */
+  /** File copy IC. */
+  readonly fcopy: FcopyIc;
+  /** VSS IC. */
+  readonly vss: VssIc;
+  /** In offer order: shutdown, time sync, heartbeat, KVP (Hyper-V's order), file copy, VSS. */
   readonly devices: readonly VmbusDevice[];
-  /** Disposes all four (stops timers, fails outstanding requests). */
+  /** Disposes all of them (stops timers, fails outstanding requests). */
   dispose(): void;
 }
 
@@ -93,7 +112,8 @@ function withScheduler<T extends IcOptions>(o: T | undefined, s: Scheduler | und
 }
 
 /**
- * Creates the shutdown, time sync, heartbeat and KVP ICs with Hyper-V's stable instance GUIDs
+ * Creates the shutdown, time sync, heartbeat, KVP, file copy and VSS ICs with Hyper-V's stable
+ * instance GUIDs
  * (override per IC with `instanceId`). Register `devices` with `VmbusServer.addDevice`.
  */
 export function createIntegrationComponents(
@@ -104,12 +124,16 @@ export function createIntegrationComponents(
   const timesync = new TimesyncIc(withScheduler(options.timesync, s));
   const heartbeat = new HeartbeatIc(withScheduler(options.heartbeat, s));
   const kvp = new KvpIc(withScheduler(options.kvp, s));
-  const devices = [shutdown, timesync, heartbeat, kvp];
+  const fcopy = new FcopyIc(withScheduler(options.fcopy, s));
+  const vss = new VssIc(withScheduler(options.vss, s));
+  const devices = [shutdown, timesync, heartbeat, kvp, fcopy, vss];
   return {
     shutdown,
     heartbeat,
     timesync,
     kvp,
+    fcopy,
+    vss,
     devices,
     dispose() {
       for (const d of devices) d.dispose();

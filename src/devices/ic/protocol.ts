@@ -27,6 +27,9 @@ export const IcClassId = {
   TIMESYNC: "9527e630-d0ae-497b-adce-e80ab0175caf",
   HEARTBEAT: "57164f39-9115-4e78-ab55-382f3bd5422d",
   KVP: "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6",
+  /** File copy (Windows "Guest Service Interface"). */
+  FCOPY: "34d14be3-dee4-41c8-9ae7-6b174977c192",
+  VSS: "35fa2e29-ea23-4236-96ae-3a6ebacba440",
 } as const;
 
 /** The instance GUIDs Hyper-V gives its ICs (stable, so guest tooling sees familiar ids). */
@@ -35,6 +38,8 @@ export const IcInstanceId = {
   TIMESYNC: "2dd1ce17-079e-403c-b352-a1921ee207ee",
   HEARTBEAT: "fd149e91-82e0-4a7d-afa6-2a4166cbd7c0",
   KVP: "242ff919-07db-4180-9c2e-b86cb68c8c55",
+  FCOPY: "eb765408-105f-49b6-b4aa-c123b64d17d4",
+  VSS: "2450ee40-33bf-4fbd-892e-9fb06e9214cf",
 } as const;
 
 /** Offer `pipe_mode` (first u32 of the user-defined data) of a message-mode pipe. */
@@ -170,6 +175,11 @@ export const KVP_VERSIONS: readonly IcVersion[] = [
   { major: 3, minor: 0 },
   { major: 1, minor: 0 },
 ];
+
+/** File copy message versions (Linux accepts only 1.1). */
+export const FCOPY_VERSIONS: readonly IcVersion[] = [{ major: 1, minor: 1 }];
+/** VSS message versions (Linux accepts only 5.0; Windows 4.0-7.0 carry LUN lists). */
+export const VSS_VERSIONS: readonly IcVersion[] = [{ major: 5, minor: 0 }];
 
 /** `major.minor`. */
 export function formatIcVersion(v: IcVersion): string {
@@ -377,3 +387,72 @@ export function decodeUtf16z(bytes: Uint8Array, size: number): string {
   while (end < n && (bytes[end] !== 0 || bytes[end + 1] !== 0)) end += 2;
   return utf16Decoder.decode(bytes.subarray(0, end));
 }
+
+// ---------------------------------------------------------------------------------------------
+// File copy (Linux drivers/hv/hv_fcopy.c, include/uapi/linux/hyperv.h; all structs packed)
+// ---------------------------------------------------------------------------------------------
+
+/** `enum hv_fcopy_op`. */
+export const FcopyOperation = {
+  START_FILE_COPY: 0,
+  WRITE_TO_FILE: 1,
+  COMPLETE_FCOPY: 2,
+  CANCEL_FCOPY: 3,
+} as const;
+
+/** `copy_flags` of START_FILE_COPY. */
+export const FcopyFlags = {
+  OVER_WRITE: 1,
+  CREATE_PATH: 2,
+} as const;
+
+/** `W_MAX_PATH`: UTF-16 units of each name field, terminator included. */
+export const FCOPY_MAX_PATH = 260;
+/** Data bytes in one WRITE_TO_FILE (`DATA_FRAGMENT`). */
+export const FCOPY_DATA_FRAGMENT = 6 * 1024;
+
+/** `struct hv_fcopy_hdr`: every file copy message starts with it. */
+export const FcopyHeader = defineLayout("hv_fcopy_hdr", 36, {
+  operation: { offset: 0, type: "u32" },
+  serviceId0: { offset: 4, type: { bytes: 16 } },
+  serviceId1: { offset: 20, type: { bytes: 16 } },
+});
+
+/** `struct hv_start_fcopy`: names as NUL-terminated UTF-16LE. */
+export const StartFcopyMessage = defineLayout("hv_start_fcopy", 1088, {
+  operation: { offset: 0, type: "u32" },
+  fileName: { offset: 36, type: { bytes: FCOPY_MAX_PATH * 2 } },
+  pathName: { offset: 556, type: { bytes: FCOPY_MAX_PATH * 2 } },
+  copyFlags: { offset: 1076, type: "u32" },
+  fileSize: { offset: 1080, type: "u64" },
+});
+
+/** `struct hv_do_fcopy`: one fragment at `offset`; sent whole, as Hyper-V does. */
+export const DoFcopyMessage = defineLayout("hv_do_fcopy", 6196, {
+  operation: { offset: 0, type: "u32" },
+  offset: { offset: 40, type: "u64" },
+  size: { offset: 48, type: "u32" },
+  data: { offset: 52, type: { bytes: FCOPY_DATA_FRAGMENT } },
+});
+
+// ---------------------------------------------------------------------------------------------
+// VSS (Linux drivers/hv/hv_snapshot.c, tools/hv/hv_vss_daemon.c)
+// ---------------------------------------------------------------------------------------------
+
+/** `hv_vss_msg` operations. */
+export const VssOperation = {
+  CREATE: 0,
+  DELETE: 1,
+  HOT_BACKUP: 2,
+  GET_DM_INFO: 3,
+  BU_COMPLETE: 4,
+  FREEZE: 5,
+  THAW: 6,
+  AUTO_RECOVER: 7,
+} as const;
+
+/** `struct hv_vss_msg` as the host sends it (operation, reserved, flags). */
+export const VssMessage = defineLayout("hv_vss_msg", 12, {
+  operation: { offset: 0, type: "u8" },
+  flags: { offset: 8, type: "u32" },
+});

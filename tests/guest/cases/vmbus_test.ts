@@ -82,7 +82,7 @@ guestTest("VMBus 5.3 with the four integration components; time sync fixes a clo
       `${name} class ${id} offered: ${classes}\n${describeRun(run, 20)}`,
     );
   }
-  assertMark(run, "bound", "4");
+  assertMark(run, "bound", "6"); // shutdown, time sync, heartbeat, KVP, file copy, VSS
   assertMark(
     run,
     "ic_versions",
@@ -112,7 +112,7 @@ guestTest("VMBus 5.3 with the four integration components; time sync fixes a clo
 });
 
 Deno.test({
-  name: "control socket lists the four open IC channels; SIGTERM shuts the guest down via the " +
+  name: "control socket lists the six open IC channels; SIGTERM shuts the guest down via the " +
     "shutdown IC; with no doorbell eventfds, doorbells exit to the vCPU and still work",
   ignore: !guestEnvironment().ok,
   async fn() {
@@ -137,12 +137,12 @@ Deno.test({
     });
     let done = false;
     running.finally(() => done = true);
-    // Wait for the guest's hv_utils to open all four channels, then send SIGTERM.
+    // Wait for the guest's hv_utils to open all six IC channels, then send SIGTERM.
     for (let i = 0; i < 240 && !done; i++) {
       await new Promise((r) => setTimeout(r, 1000));
       const r = await askControl(sock, { cmd: "channels" }).catch(() => undefined);
       channels = (r?.channels as typeof channels) ?? [];
-      if (channels.filter((c) => c.state === "open").length === 4) break;
+      if (channels.filter((c) => c.state === "open").length === 6) break;
     }
     status = await askControl(sock, { cmd: "status" }).catch(() => ({}));
     child?.kill("SIGTERM");
@@ -150,7 +150,7 @@ Deno.test({
     const ctx = describeRun(run, 30);
     assert.equal(
       channels.filter((c) => c.state === "open").length,
-      4,
+      6,
       JSON.stringify(channels) + ctx,
     );
     const exits = Array.isArray(status.exits) ? status.exits : [];
