@@ -17,6 +17,7 @@ import {
   type VmConfig,
 } from "./src/vmm/config.ts";
 import { parseDiskSpec } from "./src/devices/storage/backend/disk_spec.ts";
+import { parseNetSpec } from "./src/devices/net/tap.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
 /** Version printed by `--version`. */
@@ -48,6 +49,8 @@ boot options:
   --shutdown-timeout S   seconds the guest gets after SIGTERM/SIGINT             (default: 30)
   --disk SPEC            synthetic SCSI disk (repeatable):
                          path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N]
+  --net SPEC             synthetic NIC on an existing tap device (repeatable):
+                         tap=NAME[,mac=52:54:00:12:34:56][,queues=N][,mtu=N]
   --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
   --control PATH         JSON-lines control socket: status, shutdown, reboot, kvp-get, kvp-set,
                          channels (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH)
@@ -86,6 +89,7 @@ export function parseBootArgs(args: string[]): VmConfig {
         "on-crash": { type: "string", default: "poweroff" },
         "shutdown-timeout": { type: "string", default: "30" },
         disk: { type: "string", multiple: true, default: [] },
+        net: { type: "string", multiple: true, default: [] },
         "rtc-offset": { type: "string", default: "0" },
         control: { type: "string" },
         "log-level": { type: "string", default: "warning" },
@@ -119,6 +123,7 @@ export function parseBootArgs(args: string[]): VmConfig {
   if (v.initrd !== undefined) config.initrdPath = v.initrd;
   if (v.control !== undefined) config.controlPath = v.control;
   if (v.syndbg !== undefined) config.syndbg = parseSyndbg(v.syndbg);
+  if (v.net.length > 0) config.nets = v.net.map((n) => parseNetSpec(n));
   hvFeaturesOf(config); // a bad --hv list (or --syndbg mismatch) fails here, before any file is read
   return config;
 }

@@ -26,6 +26,10 @@ const SYMBOLS = {
   // straight between a tap and guest memory or its scratch without a view per call.
   read_at: { name: "read", parameters: ["i32", "usize", "usize"], result: "isize" },
   write_at: { name: "write", parameters: ["i32", "usize", "usize"], result: "isize" },
+  // ssize_t readv/writev(int fd, const struct iovec *iov, int iovcnt): a tap frame with its
+  // virtio-net header in a separate buffer.
+  readv: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  writev: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   // void *memcpy(void*, const void*, size_t) on host addresses (guest memory <-> scratch).
   memcpy_at: { name: "memcpy", parameters: ["usize", "usize", "usize"], result: "void" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
@@ -154,6 +158,12 @@ export const C = {
   EFD_NONBLOCK: 0o4000,
   EFD_SEMAPHORE: 1,
   EPOLL_CLOEXEC: 0o2000000,
+  /** <linux/if_tun.h>: `_IOW('T', 202, int)`, attach to (or create) a tun/tap device. */
+  TUNSETIFF: 0x400454ca,
+  IFF_TAP: 0x0002,
+  IFF_NO_PI: 0x1000,
+  IFF_VNET_HDR: 0x4000,
+  IFF_MULTI_QUEUE: 0x0100,
   EPOLL_CTL_ADD: 1,
   EPOLL_CTL_DEL: 2,
   EPOLL_CTL_MOD: 3,

@@ -5,6 +5,7 @@
  */
 import { UsageError } from "../util/errors.ts";
 import type { DiskSpec } from "../devices/storage/mod.ts";
+import type { NetSpec } from "../devices/net/tap.ts";
 import { type HvFeatures, parseHvFeatures } from "../hyperv/features.ts";
 
 /** Where COM1 output goes. */
@@ -41,6 +42,8 @@ export interface VmConfig {
   controlPath?: string;
   /** `--disk` specs, in order (LUN = position unless given). */
   disks: DiskSpec[];
+  /** `--net` specs: one synthetic NIC per tap, in order. */
+  nets?: NetSpec[];
   /** Seconds the guest's CMOS clock is off from the host at power-on (`--rtc-offset`). */
   rtcOffsetSeconds: number;
   /** Seconds a guest gets to shut down after SIGTERM/SIGINT before it is powered off. */

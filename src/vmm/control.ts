@@ -31,6 +31,7 @@ import type { ScsiController } from "../devices/storage/mod.ts";
 import type { ExitSnapshot } from "../kvm/exit_counters.ts";
 import type { VmbusServer } from "../vmbus/mod.ts";
 import { getLogger } from "../util/log.ts";
+import type { NetStatus } from "./net.ts";
 
 const log = getLogger("cli", "control");
 
@@ -46,6 +47,8 @@ export interface ControlTarget {
   exits?: () => ExitSnapshot[];
   /** Channel doorbells KVM completed through eventfds this boot (`status`'s `doorbells`). */
   doorbells?: () => number;
+  /** The synthetic NICs: link, negotiated NVSP, per-queue counters (`status`'s `net`). */
+  net?: () => NetStatus[];
 }
 
 /** One disk in the `disks` reply. Counters count commands the backend completed successfully. */
@@ -124,6 +127,7 @@ export async function handleControlRequest(
           heartbeat: ics?.heartbeat.health ?? null,
           ...(target.exits ? { exits: target.exits() } : {}),
           ...(target.doorbells ? { doorbells: target.doorbells() } : {}),
+          ...(target.net ? { net: target.net() } : {}),
         };
       case "shutdown":
       case "reboot": {

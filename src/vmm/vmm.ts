@@ -31,6 +31,7 @@ import { attachPcDevices, createPcDeviceState } from "./pc_devices.ts";
 import type { VcpuThreadInit, VcpuThreadResult } from "./vcpu_thread.ts";
 import { installAcpi } from "./acpi.ts";
 import { openDebugSocket } from "./syndbg_udp.ts";
+import { type NetBackends, type NetStatus, openNetBackends } from "./net.ts";
 
 const log = getLogger("machine");
 
@@ -106,6 +107,11 @@ export async function runVm(config: VmConfig): Promise<number> {
   }
   // Disks outlive guest resets, like the controller they hang off.
   const scsi = await openScsiController(config);
+  // Taps too (a bad --net fails here, before the guest starts).
+  if (config.nets?.length && !hasFeature(features, "synic")) {
+    throw new UsageError("--net needs VMBus, which needs the synic enlightenment (--hv all)");
+  }
+  const nets = config.nets?.length ? openNetBackends(config.nets) : undefined;
   let controlTarget: ControlTarget | undefined;
   const control = config.controlPath
     ? serveControl(config.controlPath, () => controlTarget)
@@ -132,6 +138,7 @@ export async function runVm(config: VmConfig): Promise<number> {
         cmos,
         features,
         scsi,
+        nets,
         syndbg,
         doorbellEventfds,
         console: consoleInput,
@@ -176,6 +183,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     if (serialFd > 2) close(serialFd);
     if (syndbg) close(syndbg.fd);
     await scsi?.close();
+    nets?.close();
   }
 }
 
@@ -273,6 +281,8 @@ interface BootInputs {
   cmos: SharedArrayBuffer;
   features: HvFeatures;
   scsi: { controller: ScsiController } | undefined;
+  /** The `--net` taps, kept across resets. */
+  nets?: NetBackends | undefined;
   /** The synthetic debugger's socket (`--syndbg`), kept across resets. */
   syndbg: (SyndbgLink & { hypercalls: boolean }) | undefined;
   /** Host input for the guest console. */
@@ -368,6 +378,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
 
     // 6. VMBus host and its devices (needs the SynIC).
     let ics: IntegrationComponents | undefined;
+    let netStatus: (() => NetStatus[]) | undefined;
     let doorbells: Doorbells | undefined;
     const hv = enlightenments.hv;
     if (hv && withVmbus) {
@@ -397,6 +408,11 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
         server.addDevice(storvsp);
         cleanups.push(() => storvsp.close());
       }
+      if (inputs.nets) {
+        const nics = inputs.nets.attach(server, loop);
+        netStatus = nics.status;
+        cleanups.push(() => nics.close());
+      }
     }
 
     const exitCounters = Array.from({ length: config.cpus }, () => ExitCounters.createState());
@@ -407,6 +423,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       scsi: inputs.scsi?.controller,
       exits: () => exitCounters.map((sab) => new ExitCounters(sab).snapshot()),
       ...(doorbells ? { doorbells: () => doorbells?.count ?? 0 } : {}),
+      ...(netStatus ? { net: netStatus } : {}),
     });
     cleanups.push(() => inputs.publish(undefined));
 

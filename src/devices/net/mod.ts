@@ -25,3 +25,13 @@ export {
   type NetvspStats,
 } from "./netvsp.ts";
 export { handleRndisControl, type RndisConfig, type RndisState } from "./rndis.ts";
+export {
+  DEFAULT_MAC,
+  type FdWatcher,
+  formatMac,
+  type NetSpec,
+  openTap,
+  parseMac,
+  parseNetSpec,
+  TapBackend,
+} from "./tap.ts";
