@@ -9,6 +9,7 @@
  * {"cmd":"kvp-set","key":"K","value":"V"}  → {"ok":true}
  * {"cmd":"channels"}                       → {"ok":true,"channels":[{relid,device,state,ringFill,…}]}
  * {"cmd":"disks"}                          → {"ok":true,"disks":[DiskStatus,…]}
+ * {"cmd":"guest-ip"[,"mac":"52:54:…"]}     → {"ok":true,"adapters":[{mac,addresses,subnets,gateways}]}
  * ```
  *
  * `disks` lists the SCSI disks by LUN (an empty list without `--disk`), each as
@@ -156,6 +157,23 @@ export async function handleControlRequest(
         return { ok: true, channels: target.vmbus?.channels() ?? [] };
       case "disks":
         return { ok: true, disks: diskStatus(target.scsi) };
+      case "guest-ip": {
+        // Each NIC's addresses, asked through KVP (the guest's hv_kvp_daemon answers by MAC).
+        if (!ics) return { ok: false, error: "no VMBus" };
+        const macs = typeof req.mac === "string" ? [req.mac] : target.net?.().map((n) => n.mac);
+        if (!macs?.length) return { ok: false, error: "no --net NIC to ask about" };
+        const adapters = [];
+        for (const mac of macs) {
+          const info = await ics.kvp.ipInfo(mac);
+          adapters.push({
+            mac,
+            addresses: info?.addresses ?? [],
+            subnets: info?.subnets ?? [],
+            gateways: info?.gateways ?? [],
+          });
+        }
+        return { ok: true, adapters };
+      }
       default:
         return { ok: false, error: `unknown cmd ${JSON.stringify(req.cmd)}` };
     }

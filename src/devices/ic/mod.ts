@@ -53,6 +53,7 @@ export {
   type KvpEntry,
   KvpIc,
   type KvpIcOptions,
+  type KvpIpInfo,
   type KvpRequestOptions,
   type KvpValue,
 } from "./kvp.ts";
