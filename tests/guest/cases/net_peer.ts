@@ -1,28 +1,34 @@
 /**
- * The host side of the network guest test, run inside the test's network namespace
- * (`ip netns exec NS deno run -A net_peer.ts …`): accepts one connection on RECV_PORT and stores
- * exactly RECV_BYTES from it, and one on SEND_PORT that gets SEND_FILE and then the close.
- * Prints `listening` once both sockets listen, then `received N` and `sent N`.
+ * The host side of the network guest tests and benchmark, run inside the test's network
+ * namespace (`ip netns exec NS deno run -A net_peer.ts …`): for each of FLOWS flows (default
+ * 1), accepts one connection on RECV_PORT+i and stores (or counts) up to RECV_BYTES from it until
+ * it closes, and one on SEND_PORT+i that gets SEND_FILE and then the close. Prints `listening`
+ * once every socket listens, then `received N` and `sent N` per flow.
  *
- * Usage: net_peer.ts ADDRESS RECV_PORT RECV_BYTES RECV_FILE SEND_PORT SEND_FILE
+ * Usage: net_peer.ts ADDRESS RECV_PORT RECV_BYTES RECV_FILE SEND_PORT SEND_FILE [FLOWS]
  *
  * RECV_FILE `-` discards what arrives (it is still counted); SEND_FILE `zero:N` sends N zero
- * bytes (the benchmark's source, no file needed).
+ * bytes (no file needed).
  * @module
  */
-const [address = "", recvPort, recvBytes, recvFile, sendPort, sendFile] = Deno.args;
+const [address = "", recvPort, recvBytes, recvFile, sendPort, sendFile, flowsText] = Deno.args;
 if (!sendFile) {
-  console.error("usage: net_peer.ts ADDRESS RECV_PORT RECV_BYTES RECV_FILE SEND_PORT SEND_FILE");
+  console.error(
+    "usage: net_peer.ts ADDRESS RECV_PORT RECV_BYTES RECV_FILE SEND_PORT SEND_FILE [FLOWS]",
+  );
   Deno.exit(2);
 }
 const want = Number(recvBytes);
-const lr = Deno.listen({ hostname: address, port: Number(recvPort) });
-const ls = Deno.listen({ hostname: address, port: Number(sendPort) });
+const flows = Number(flowsText ?? "1");
+const listeners = Array.from({ length: flows }, (_, i) => ({
+  recv: Deno.listen({ hostname: address, port: Number(recvPort) + i }),
+  send: Deno.listen({ hostname: address, port: Number(sendPort) + i }),
+}));
 console.log("listening");
 
-async function receive(): Promise<void> {
-  const conn = await lr.accept();
-  lr.close();
+async function receive(l: Deno.TcpListener): Promise<void> {
+  const conn = await l.accept();
+  l.close();
   const out = recvFile === "-"
     ? { write: (b: Uint8Array) => Promise.resolve(b.length), close() {} }
     : await Deno.open(recvFile!, { write: true, create: true, truncate: true });
@@ -40,9 +46,9 @@ async function receive(): Promise<void> {
   console.log(`received ${got}`);
 }
 
-async function send(): Promise<void> {
-  const conn = await ls.accept();
-  ls.close();
+async function send(l: Deno.TcpListener): Promise<void> {
+  const conn = await l.accept();
+  l.close();
   let sent = 0;
   if (sendFile!.startsWith("zero:")) {
     const total = Number(sendFile!.slice(5));
@@ -58,4 +64,4 @@ async function send(): Promise<void> {
   console.log(`sent ${sent}`);
 }
 
-await Promise.all([receive(), send()]);
+await Promise.all(listeners.flatMap((l) => [receive(l.recv), send(l.send)]));
