@@ -135,8 +135,12 @@ interface ChanState {
   readonly backlog: { tid: bigint; payload: Uint8Array }[];
   /** Reading stopped (`onPacket` returned false) until the backlog drains. */
   paused: boolean;
-  /** Waiting for ring space to send a receive batch. */
-  rxBlocked: boolean;
+  /**
+   * A receive batch (slot) that did not fit the guest's ring, with its header, sent again on
+   * `onWritable`; -1 when none. Receiving on this channel waits meanwhile.
+   */
+  heldSlot: number;
+  heldHeader: Uint8Array | undefined;
   readonly stats: NetQueueStats;
 }
 
@@ -200,6 +204,7 @@ export class NetvspDevice implements VmbusDevice {
   #freeCount = 0;
   /** Receive batches in flight: sub-allocation indexes per slot, slot id = tid - 1. */
   #slotIndexes = new Int32Array(0);
+  #slotLengths = new Int32Array(0);
   #slotCounts = new Int32Array(0);
   #slotFree = new Int32Array(0);
   #slotFreeCount = 0;
@@ -325,7 +330,8 @@ export class NetvspDevice implements VmbusDevice {
       dead: false,
       backlog: [],
       paused: false,
-      rxBlocked: false,
+      heldSlot: -1,
+      heldHeader: undefined,
       stats: { queue: index, rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0 },
     };
     this.#chans.set(channel, cs);
@@ -365,8 +371,15 @@ export class NetvspDevice implements VmbusDevice {
     const cs = this.#chans.get(channel);
     if (!cs) return;
     this.#flushBacklog(cs);
-    if (cs.rxBlocked) {
-      cs.rxBlocked = false;
+    if (cs.heldSlot >= 0 && !this.#recv) cs.heldSlot = -1;
+    if (cs.heldSlot >= 0) {
+      if (
+        !cs.ch.sendTransferPages(this.#recv!.setId, this.#slotRanges(cs.heldSlot), cs.heldHeader!, {
+          transactionId: BigInt(cs.heldSlot + 1),
+        })
+      ) return;
+      cs.heldSlot = -1;
+      cs.heldHeader = undefined;
       this.#flushControl();
       this.#updateWatch();
     }
@@ -514,6 +527,7 @@ export class NetvspDevice implements VmbusDevice {
     this.#freeCount = count;
     const slots = Math.min(count, 4096);
     this.#slotIndexes = new Int32Array(slots * RX_BATCH);
+    this.#slotLengths = new Int32Array(slots * RX_BATCH);
     this.#slotCounts = new Int32Array(slots);
     this.#slotFree = new Int32Array(slots);
     for (let i = 0; i < slots; i++) this.#slotFree[i] = slots - 1 - i;
@@ -580,6 +594,7 @@ export class NetvspDevice implements VmbusDevice {
   }
 
   #resetSession(): void {
+    this.#forgetHeld();
     this.#version = 0;
     this.#ndisMtu = 0;
     this.#recv = undefined;
@@ -596,7 +611,16 @@ export class NetvspDevice implements VmbusDevice {
     this.#recv = undefined;
     this.#freeCount = 0;
     this.#slotFreeCount = 0;
+    this.#forgetHeld();
     this.#updateWatch();
+  }
+
+  /** Drops batches held for ring space (their sub-allocations go with the buffer). */
+  #forgetHeld(): void {
+    for (const cs of this.#chans.values()) {
+      cs.heldSlot = -1;
+      cs.heldHeader = undefined;
+    }
   }
 
   #stopChannel(cs: ChanState, why: string): void {
@@ -877,7 +901,7 @@ export class NetvspDevice implements VmbusDevice {
     const queues = this.backend.queues;
     for (let q = 0; q < queues.length; q++) {
       const cs = this.#channelFor(q);
-      const on = this.#receiving && cs !== undefined && !cs.rxBlocked && this.#freeCount > 0 &&
+      const on = this.#receiving && cs !== undefined && cs.heldSlot < 0 && this.#freeCount > 0 &&
         this.#slotFreeCount > 0 && this.#pendingControl.length === 0;
       this.#setWatch(q, on);
     }
@@ -911,14 +935,7 @@ export class NetvspDevice implements VmbusDevice {
       this.#updateWatch();
       return;
     }
-    // Room for the largest batch packet, so a batch read is never left without a ring slot.
-    if (!cs.ch.canSend(EXTENSION_HEADER_SIZE + RX_BATCH * 8 + NVSP_MESSAGE_SIZE)) {
-      cs.rxBlocked = true;
-      this.stats.rxStalls++;
-      this.#updateWatch();
-      return;
-    }
-    if (this.#freeCount === 0 || this.#slotFreeCount === 0) {
+    if (cs.heldSlot >= 0 || this.#freeCount === 0 || this.#slotFreeCount === 0) {
       this.stats.rxStalls++;
       this.#updateWatch();
       return;
@@ -960,10 +977,8 @@ export class NetvspDevice implements VmbusDevice {
       const idx = this.#free[--this.#freeCount]!;
       const off = idx * recv.subAllocSize;
       recv.buf.copyIn(off, this.#rxAddr, msgLen);
-      const r = this.#ranges[n]!;
-      r.byteCount = msgLen;
-      r.byteOffset = off;
       this.#slotIndexes[slot * RX_BATCH + n] = idx;
+      this.#slotLengths[slot * RX_BATCH + n] = msgLen;
       n++;
       cs.stats.rxPackets++;
       cs.stats.rxBytes += len;
@@ -974,9 +989,6 @@ export class NetvspDevice implements VmbusDevice {
       return;
     }
     this.#slotCounts[slot] = n;
-    const list = this.#rangeList;
-    list.length = n;
-    for (let i = 0; i < n; i++) list[i] = this.#ranges[i]!;
     this.#sendBatch(cs, slot, this.#dataHeader);
     if (this.#freeCount === 0 || this.#slotFreeCount === 0) {
       this.stats.rxStalls++;
@@ -998,16 +1010,32 @@ export class NetvspDevice implements VmbusDevice {
     return true;
   }
 
-  /** Sends slot `slot`'s ranges (`#rangeList`) as one transfer-page packet. */
+  /** The transfer-page ranges of slot `slot` (a reused list, valid until the next call). */
+  #slotRanges(slot: number): readonly TransferPageRange[] {
+    const n = this.#slotCounts[slot]!;
+    const size = this.#recv!.subAllocSize;
+    const list = this.#rangeList;
+    list.length = n;
+    for (let i = 0; i < n; i++) {
+      const r = this.#ranges[i]!;
+      r.byteCount = this.#slotLengths[slot * RX_BATCH + i]!;
+      r.byteOffset = this.#slotIndexes[slot * RX_BATCH + i]! * size;
+      list[i] = r;
+    }
+    return list;
+  }
+
+  /**
+   * Sends slot `slot` as one transfer-page packet. When the guest's ring is full the batch is
+   * held on the channel and sent from `onWritable`; receiving on that channel waits meanwhile.
+   */
   #sendBatch(cs: ChanState, slot: number, header: Uint8Array): void {
-    const sent = cs.ch.sendTransferPages(this.#recv!.setId, this.#rangeList, header, {
+    const sent = cs.ch.sendTransferPages(this.#recv!.setId, this.#slotRanges(slot), header, {
       transactionId: BigInt(slot + 1),
     });
     if (!sent) {
-      // The ring filled after all (the guest raced us): the frames are lost, the slot freed.
-      this.stats.rxDropped += this.#slotCounts[slot]!;
-      this.#freeSlot(slot);
-      cs.rxBlocked = true;
+      cs.heldSlot = slot;
+      cs.heldHeader = header;
       this.stats.rxStalls++;
       this.#updateWatch();
     }
@@ -1053,15 +1081,11 @@ export class NetvspDevice implements VmbusDevice {
       if (!recv || this.#freeCount === 0 || this.#slotFreeCount === 0) return;
       const head = this.#pendingControl[0]!;
       const cs = this.#byIndex[head.queue] ?? this.#primary;
-      if (!cs) return;
+      if (!cs || cs.heldSlot >= 0) return;
       if (head.data.length > recv.subAllocSize) {
         this.#pendingControl.shift();
         this.stats.controlDropped++;
         continue;
-      }
-      if (!cs.ch.canSend(EXTENSION_HEADER_SIZE + 8 + NVSP_MESSAGE_SIZE)) {
-        cs.rxBlocked = true;
-        return;
       }
       this.#pendingControl.shift();
       const slot = this.#slotFree[--this.#slotFreeCount]!;
@@ -1069,12 +1093,8 @@ export class NetvspDevice implements VmbusDevice {
       const off = idx * recv.subAllocSize;
       recv.buf.copyIn(off, hostAddress(head.data), head.data.length);
       this.#slotIndexes[slot * RX_BATCH] = idx;
+      this.#slotLengths[slot * RX_BATCH] = head.data.length;
       this.#slotCounts[slot] = 1;
-      const r = this.#ranges[0]!;
-      r.byteCount = head.data.length;
-      r.byteOffset = off;
-      this.#rangeList.length = 1;
-      this.#rangeList[0] = r;
       this.#sendBatch(cs, slot, this.#controlHeader);
     }
     this.#updateWatch();
