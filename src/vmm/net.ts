@@ -28,6 +28,9 @@ export interface NetStatus {
   rxDropped: number;
   txDropped: number;
   malformed: number;
+  /** Guest frames sent with segmentation (LSO) or checksum offload. */
+  txLso: number;
+  txCsum: number;
 }
 
 /** The open taps of a run. */
@@ -71,6 +74,8 @@ export function openNetBackends(specs: readonly NetSpec[]): NetBackends {
             rxDropped: n.stats.rxDropped,
             txDropped: n.stats.txDropped,
             malformed: n.stats.malformed,
+            txLso: n.stats.txLso,
+            txCsum: n.stats.txCsum,
           })),
         close() {
           for (const n of nics) n.close();

@@ -125,6 +125,9 @@ export interface NetvspStats {
   unknownCompletions: number;
   /** Control answers dropped because too many waited. */
   controlDropped: number;
+  /** Guest frames sent with segmentation offload (LSOv2) and with checksum offload only. */
+  txLso: number;
+  txCsum: number;
 }
 
 interface ChanState {
@@ -185,6 +188,8 @@ export class NetvspDevice implements VmbusDevice {
     channelsStopped: 0,
     unknownCompletions: 0,
     controlDropped: 0,
+    txLso: 0,
+    txCsum: 0,
   };
   readonly #offloads: boolean;
   readonly #chans = new Map<Channel, ChanState>();
@@ -823,6 +828,7 @@ export class NetvspDevice implements VmbusDevice {
       o.needsCsum = 1;
       o.csumStart = l4;
       o.csumOffset = field;
+      this.stats.txCsum++;
     }
     if (vlan >= 0) {
       // The guest stripped the tag into the PPI: put it back after the MAC addresses.
@@ -886,6 +892,7 @@ export class NetvspDevice implements VmbusDevice {
     o.gsoType = ipv6 ? GsoType.TCPV6 : GsoType.TCPV4;
     o.gsoSize = mss;
     o.hdrLen = l4 + thl;
+    this.stats.txLso++;
     return true;
   }
 

@@ -150,6 +150,8 @@ Deno.test("control net: status carries each NIC's link and queue counters; guest
     rxDropped: 0,
     txDropped: 0,
     malformed: 0,
+    txLso: 0,
+    txCsum: 0,
   };
   const withNet: ControlTarget = { ...target, net: () => [nic] };
   const s = await handleControlRequest('{"cmd":"status"}', withNet);
