@@ -178,6 +178,7 @@ Deno.test({
       const adapters = guestIp?.adapters as { mac: string; addresses: string[] }[] | undefined;
       assert.equal(adapters?.[0]?.mac, MAC, ctx);
       assert.ok(adapters?.[0]?.addresses.includes(GUEST_IP), ctx);
+      console.log(`net mq: queues ${JSON.stringify(queues)}; guest-ip ${JSON.stringify(adapters)}`);
     } finally {
       for (const s of servers) {
         try {
