@@ -19,6 +19,7 @@ import {
 } from "./src/vmm/config.ts";
 import { parseDiskSpec } from "./src/devices/storage/backend/disk_spec.ts";
 import { parseFirmwareOptions } from "./src/vmm/firmware.ts";
+import { parseNetSpec } from "./src/devices/net/tap.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
 /** Version printed by `--version`. */
@@ -57,6 +58,8 @@ boot options:
                          path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N]
                          [,bus=scsi|sata] (sata: a port of the AHCI controller, 00:03.0)
   --cdrom FILE           read-only ATAPI CD-ROM (an ISO) on the AHCI controller (repeatable)
+  --net SPEC             synthetic NIC on an existing tap device (repeatable):
+                         tap=NAME[,mac=52:54:00:12:34:56][,queues=N][,mtu=N]
   --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
   --control PATH         JSON-lines control socket: status, shutdown, reboot, kvp-get, kvp-set,
                          channels, disks, screendump, pci
@@ -125,6 +128,7 @@ export function parseBootArgs(args: string[]): VmConfig {
         "shutdown-timeout": { type: "string", default: "30" },
         disk: { type: "string", multiple: true, default: [] },
         cdrom: { type: "string", multiple: true, default: [] },
+        net: { type: "string", multiple: true, default: [] },
         "rtc-offset": { type: "string", default: "0" },
         control: { type: "string" },
         display: { type: "string", default: "none" },
@@ -177,6 +181,7 @@ export function parseBootArgs(args: string[]): VmConfig {
   if (v.control !== undefined) config.controlPath = v.control;
   if (v.vsock !== undefined) config.vsockPath = v.vsock;
   if (v.syndbg !== undefined) config.syndbg = parseSyndbg(v.syndbg);
+  if (v.net.length > 0) config.nets = v.net.map((n) => parseNetSpec(n));
   hvFeaturesOf(config); // a bad --hv list (or --syndbg mismatch) fails here, before any file is read
   return config;
 }

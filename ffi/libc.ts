@@ -22,6 +22,16 @@ const SYMBOLS = {
   mprotect: { parameters: ["pointer", "usize", "i32"], result: "i32" },
   eventfd: { parameters: ["u32", "i32"], result: "i32" }, // int eventfd(unsigned, int)
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // The same calls on host addresses (numbers): the network device reads and writes frames
+  // straight between a tap and guest memory or its scratch without a view per call.
+  read_at: { name: "read", parameters: ["i32", "usize", "usize"], result: "isize" },
+  write_at: { name: "write", parameters: ["i32", "usize", "usize"], result: "isize" },
+  // ssize_t readv/writev(int fd, const struct iovec *iov, int iovcnt): a tap frame with its
+  // virtio-net header in a separate buffer.
+  readv: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  writev: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  // void *memcpy(void*, const void*, size_t) on host addresses (guest memory <-> scratch).
+  memcpy_at: { name: "memcpy", parameters: ["usize", "usize", "usize"], result: "void" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   pread: { name: "pread64", parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   pwrite: { name: "pwrite64", parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
@@ -111,6 +121,20 @@ const lib = Deno.dlopen("libc.so.6", SYMBOLS);
 /** The raw symbols. Prefer the checked wrappers below unless on a measured hot path. */
 export const libc = lib.symbols;
 
+/**
+ * The host-address calls with plain numbers. Deno's FFI takes a number for a `usize` argument
+ * at run time (its typings say bigint); a number avoids making a BigInt per call on the network
+ * data path. Addresses are below 2^53.
+ */
+export const hostCalls = {
+  /** `memcpy(dst, src, n)` on host addresses. */
+  memcpy: libc.memcpy_at as unknown as (dst: number, src: number, n: number) => void,
+  /** `read(fd, addr, n)` into a host address; returns bytes or -1 (errno via `errno()`). */
+  read: libc.read_at as unknown as (fd: number, addr: number, n: number) => number | bigint,
+  /** `write(fd, addr, n)` from a host address; returns bytes or -1. */
+  write: libc.write_at as unknown as (fd: number, addr: number, n: number) => number | bigint,
+};
+
 /** Constants from the C headers this binding uses (x86-64 Linux values). */
 export const C = {
   O_RDONLY: 0,
@@ -139,6 +163,12 @@ export const C = {
   EFD_NONBLOCK: 0o4000,
   EFD_SEMAPHORE: 1,
   EPOLL_CLOEXEC: 0o2000000,
+  /** <linux/if_tun.h>: `_IOW('T', 202, int)`, attach to (or create) a tun/tap device. */
+  TUNSETIFF: 0x400454ca,
+  IFF_TAP: 0x0002,
+  IFF_NO_PI: 0x1000,
+  IFF_VNET_HDR: 0x4000,
+  IFF_MULTI_QUEUE: 0x0100,
   EPOLL_CTL_ADD: 1,
   EPOLL_CTL_DEL: 2,
   EPOLL_CTL_MOD: 3,

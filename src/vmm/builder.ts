@@ -34,6 +34,7 @@ import { VmbusServer } from "../vmbus/mod.ts";
 import { bindDoorbells, type Doorbells } from "../vmbus/doorbells.ts";
 import { type ScsiController, StorvspDevice } from "../devices/storage/mod.ts";
 import type { VsockUnixBackend } from "../devices/hvsock/mod.ts";
+import type { NetBackends, NetStatus } from "./net.ts";
 import { DynamicMemoryDevice, madviseRelease } from "../devices/balloon/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
@@ -98,6 +99,8 @@ export interface BootInputs {
   syndbg: (SyndbgLink & { hypercalls: boolean }) | undefined;
   /** Host input for the guest console. */
   console: ConsoleInput;
+  /** The `--net` taps, kept across resets. */
+  nets?: NetBackends | undefined;
   /** The `--vsock` backend, kept across resets. */
   vsock: VsockUnixBackend | undefined;
   /** Makes the running VM reachable from the control socket (undefined: it stopped). */
@@ -259,6 +262,8 @@ interface VmbusParts {
   ics: IntegrationComponents;
   doorbells: Doorbells;
   balloon: DynamicMemoryDevice;
+  /** The synthetic NICs' status (absent without `--net`). */
+  net: (() => NetStatus[]) | undefined;
 }
 
 /**
@@ -305,6 +310,12 @@ function attachVmbus(
     server.addDevice(storvsp);
     t.add(() => storvsp.close());
   }
+  let net: (() => NetStatus[]) | undefined;
+  if (inputs.nets) {
+    const nics = inputs.nets.attach(server, o.loop);
+    net = nics.status;
+    t.add(() => nics.close());
+  }
   if (vsock) t.add(vsock.attach(server));
   // Dynamic memory (hv_balloon) on every VMBus guest, as Hyper-V offers it.
   const balloon = new DynamicMemoryDevice(memory, { release: madviseRelease(memory) });
@@ -312,7 +323,7 @@ function attachVmbus(
   // --- end of VMBus devices ---
   // Runs before the devices close and guest memory goes: storage may still move data into it.
   t.add(() => quiesceVmbus(server));
-  return { server, ics, doorbells, balloon };
+  return { server, ics, doorbells, balloon, net };
 }
 
 /**
@@ -411,6 +422,7 @@ export async function bootOnce(
       memoryBytes: inputs.map.ramBytes,
       exits: () => exitCounters.map((sab) => new ExitCounters(sab).snapshot()),
       ...(vmbus ? { doorbells: () => vmbus.doorbells.count } : {}),
+      ...(vmbus?.net ? { net: vmbus.net } : {}),
       ...(hv
         ? {
           hypercalls: () => {

@@ -6,6 +6,7 @@
 import { checkSocketPath } from "../util/unix_socket.ts";
 import { UsageError } from "../util/errors.ts";
 import type { DiskSpec } from "../devices/storage/mod.ts";
+import type { NetSpec } from "../devices/net/tap.ts";
 import { type HvFeatures, parseHvFeatures } from "../hyperv/features.ts";
 import type { FirmwareSpec } from "./firmware.ts";
 
@@ -52,6 +53,8 @@ export interface VmConfig {
   vsockPath?: string;
   /** `--disk` specs, in order (LUN = position unless given). */
   disks: DiskSpec[];
+  /** `--net` specs: one synthetic NIC per tap, in order. */
+  nets?: NetSpec[];
   /** Seconds the guest's CMOS clock is off from the host at power-on (`--rtc-offset`). */
   rtcOffsetSeconds: number;
   /** Seconds a guest gets to shut down after SIGTERM/SIGINT before it is powered off. */

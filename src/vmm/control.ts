@@ -14,6 +14,7 @@
  * {"cmd":"copy-to-guest",…} {"cmd":"freeze"} {"cmd":"thaw"} {"cmd":"snapshot",…}
  * {"cmd":"memory"} {"cmd":"balloon","target":"768M"}
  *                                          → see `guest_services.ts`
+ * {"cmd":"guest-ip"[,"mac":"52:54:…"]}     → {"ok":true,"adapters":[{mac,addresses,subnets,gateways}]}
  * ```
  *
  * `screendump` writes the display's visible screen (`--display bochs`) as a PNG; it refuses
@@ -46,6 +47,7 @@ import type { DynamicMemoryDevice } from "../devices/balloon/mod.ts";
 import { getLogger } from "../util/log.ts";
 import { guestServicesCommand, guestServicesStatus } from "./guest_services.ts";
 import { listenUnixSocket } from "../util/unix_socket.ts";
+import type { NetStatus } from "./net.ts";
 
 const log = getLogger("cli", "control");
 
@@ -70,6 +72,8 @@ export interface ControlTarget {
   pci?: () => PciDeviceStatus[];
   /** Hypercall counters of each vCPU this boot (`status`'s `hypercalls`). */
   hypercalls?: () => HypercallStatus[];
+  /** The synthetic NICs: link, negotiated NVSP, per-queue counters (`status`'s `net`). */
+  net?: () => NetStatus[];
 }
 
 /** One function in the `pci` reply. */
@@ -177,6 +181,7 @@ export async function handleControlRequest(
           ...(target.doorbells ? { doorbells: target.doorbells() } : {}),
           ...(target.hypercalls ? { hypercalls: target.hypercalls() } : {}),
           ...guestServicesStatus(target),
+          ...(target.net ? { net: target.net() } : {}),
         };
       case "shutdown":
       case "reboot": {
@@ -217,6 +222,23 @@ export async function handleControlRequest(
       }
       case "pci":
         return { ok: true, devices: target.pci?.() ?? [] };
+      case "guest-ip": {
+        // Each NIC's addresses, asked through KVP (the guest's hv_kvp_daemon answers by MAC).
+        if (!ics) return { ok: false, error: "no VMBus" };
+        const macs = typeof req.mac === "string" ? [req.mac] : target.net?.().map((n) => n.mac);
+        if (!macs?.length) return { ok: false, error: "no --net NIC to ask about" };
+        const adapters = [];
+        for (const mac of macs) {
+          const info = await ics.kvp.ipInfo(mac);
+          adapters.push({
+            mac,
+            addresses: info?.addresses ?? [],
+            subnets: info?.subnets ?? [],
+            gateways: info?.gateways ?? [],
+          });
+        }
+        return { ok: true, adapters };
+      }
       default:
         return (await guestServicesCommand(req, target)) ??
           { ok: false, error: `unknown cmd ${JSON.stringify(req.cmd)}` };

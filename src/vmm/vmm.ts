@@ -14,6 +14,7 @@ import { openDebugSocket } from "../hyperv/host/syndbg_udp.ts";
 import { doorbellEventfdsFromEnv } from "../vmbus/doorbells.ts";
 import { openDisk, ScsiController, ScsiDisk } from "../devices/storage/mod.ts";
 import { VsockUnixBackend } from "../devices/hvsock/mod.ts";
+import { openNetBackends } from "./net.ts";
 import { parseBzImage } from "../machine/linux_boot.ts";
 import { buildMemoryMap } from "../machine/memory_map.ts";
 import { UsageError } from "../util/errors.ts";
@@ -99,6 +100,11 @@ export async function runVm(config: VmConfig): Promise<number> {
   }
   // Disks outlive guest resets, like the controller they hang off.
   const scsi = await openScsiController(config);
+  // Taps too (a bad --net fails here, before the guest starts).
+  if (config.nets?.length && !hasFeature(features, "synic")) {
+    throw new UsageError("--net needs VMBus, which needs the synic enlightenment (--hv all)");
+  }
+  const nets = config.nets?.length ? openNetBackends(config.nets) : undefined;
   const ahci = await openAhciDrives(config.disks, config.cdroms, config.sataOrder);
   let controlTarget: ControlTarget | undefined;
   const control = config.controlPath
@@ -133,6 +139,7 @@ export async function runVm(config: VmConfig): Promise<number> {
         cmos,
         features,
         scsi,
+        nets,
         syndbg,
         vsock,
         doorbellEventfds,
@@ -179,6 +186,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     if (serialFd > 2) close(serialFd);
     if (syndbg) close(syndbg.fd);
     await scsi?.close();
+    nets?.close();
     ahci?.close();
   }
 }

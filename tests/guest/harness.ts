@@ -51,6 +51,8 @@ export interface GuestSpec extends Omit<InitramfsOptions, "markerPrefix"> {
   readonly verboseKernel?: boolean;
   /** Extra VMM flags (VMM-specific). */
   readonly vmmArgs?: readonly string[];
+  /** Command prefix the VMM runs under, e.g. `["ip", "netns", "exec", "ns1"]`. */
+  readonly wrapper?: readonly string[];
   /** Extra environment of the VMM process (added to the test's own). */
   readonly env?: Readonly<Record<string, string>>;
   /** A guest reset ends the VMM (`--no-reboot` / `-no-reboot`); default true, so a panicking
@@ -237,17 +239,20 @@ export async function bootGuest(spec: GuestSpec): Promise<GuestRun> {
   const vmm = defaultVmm(spec);
   const kernel = spec.kernel ?? findHostKernel(spec.kernelVersion).path;
   const initrd = await initramfsFile({ ...spec, markerPrefix: GUEST_MARKER_PREFIX });
-  const argv = vmmCommand(vmm, {
-    kernel,
-    initrd,
-    cmdline: [BASE_CMDLINE, spec.verboseKernel ? "" : "quiet", spec.cmdline ?? ""]
-      .filter((s) => s !== "").join(" "),
-    memory: spec.memory ?? "512M",
-    cpus: spec.cpus ?? 1,
-    ...(spec.vmmArgs ? { vmmArgs: spec.vmmArgs } : {}),
-    ...(spec.qemuCpu ? { qemuCpu: spec.qemuCpu } : {}),
-    ...(spec.noReboot !== undefined ? { noReboot: spec.noReboot } : {}),
-  });
+  const argv = [
+    ...(spec.wrapper ?? []),
+    ...vmmCommand(vmm, {
+      kernel,
+      initrd,
+      cmdline: [BASE_CMDLINE, spec.verboseKernel ? "" : "quiet", spec.cmdline ?? ""]
+        .filter((s) => s !== "").join(" "),
+      memory: spec.memory ?? "512M",
+      cpus: spec.cpus ?? 1,
+      ...(spec.vmmArgs ? { vmmArgs: spec.vmmArgs } : {}),
+      ...(spec.qemuCpu ? { qemuCpu: spec.qemuCpu } : {}),
+      ...(spec.noReboot !== undefined ? { noReboot: spec.noReboot } : {}),
+    }),
+  ];
   const echo = Deno.env.get("HYPERDENO_GUEST_ECHO") === "1";
   const start = performance.now();
   const child = new Deno.Command(argv[0]!, {

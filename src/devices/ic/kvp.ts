@@ -39,6 +39,7 @@ import {
   KvpDeleteMessage,
   KvpEnumerateMessage,
   KvpGetSetMessage,
+  KvpIpInfoMessage,
   KvpOperation,
   KvpValueType,
 } from "./protocol.ts";
@@ -52,6 +53,19 @@ export interface KvpEntry {
   readonly key: string;
   /** Value (Linux guests answer every value as a string). */
   readonly value: KvpValue;
+}
+
+/** A guest adapter's addresses as its KVP daemon reports them (GET_IP_INFO). */
+export interface KvpIpInfo {
+  /** The adapter asked about (its MAC, upper case). */
+  readonly adapter: string;
+  /** IPv4 and IPv6 addresses. */
+  readonly addresses: string[];
+  /** Subnets (IPv4 masks, IPv6 prefix lengths), in the order of `addresses`. */
+  readonly subnets: string[];
+  readonly gateways: string[];
+  readonly dns: string[];
+  readonly dhcp: boolean;
 }
 
 /** Per-request options. */
@@ -254,6 +268,39 @@ export class KvpIc extends IcDevice {
       if (e.key === key) return e.value;
     }
     return undefined;
+  }
+
+  /**
+   * The addresses of the guest adapter with MAC `mac` (`52:54:00:ab:cd:02`), asked with the
+   * KVP IP-info operation (Linux: answered by `hv_kvp_daemon` from the interface whose
+   * `address` matches). `undefined` when the guest has no such adapter or no address on it.
+   */
+  async ipInfo(mac: string, options?: KvpRequestOptions): Promise<KvpIpInfo | undefined> {
+    const adapter = mac.toUpperCase();
+    const id = encodeUtf16z(adapter, 256);
+    if (!id) throw new RangeError(`adapter id '${mac}' is too long`);
+    const msg = KvpIpInfoMessage.encode({
+      operation: KvpOperation.GET_IP_INFO,
+      pool: 0,
+      adapterId: id,
+    });
+    const what = `IP info of ${adapter}`;
+    const r = await this.#enqueue(what, msg, options);
+    if (r.status !== IcStatus.S_OK) return undefined;
+    const d = KvpIpInfoMessage.decode(r.body);
+    if (!d) throw this.#protocol(what, `answer body is ${r.body.length} bytes`);
+    const list = (b: Uint8Array) =>
+      decodeUtf16z(b, b.length).split(";").map((s) => s.trim()).filter((s) => s !== "");
+    const addresses = list(d.ipAddr);
+    if (addresses.length === 0) return undefined;
+    return {
+      adapter,
+      addresses,
+      subnets: list(d.subNet),
+      gateways: list(d.gateway),
+      dns: list(d.dnsAddr),
+      dhcp: d.dhcpEnabled !== 0,
+    };
   }
 
   /** Stops this IC's traffic. */

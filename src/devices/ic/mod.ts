@@ -55,6 +55,7 @@ export {
   type KvpEntry,
   KvpIc,
   type KvpIcOptions,
+  type KvpIpInfo,
   type KvpRequestOptions,
   type KvpValue,
 } from "./kvp.ts";

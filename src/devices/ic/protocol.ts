@@ -351,6 +351,31 @@ export const KvpDeleteMessage = defineLayout("hv_kvp_msg (delete)", 4 + 4 + 512,
   key: { offset: 8, type: { bytes: HV_KVP_EXCHANGE_MAX_KEY_SIZE } },
 });
 
+/** `MAX_ADAPTER_ID_SIZE`, `MAX_IP_ADDR_SIZE`, `MAX_GATEWAY_SIZE` (UTF-16 units). */
+export const KVP_ADAPTER_ID_UNITS = 128;
+export const KVP_IP_ADDR_UNITS = 1024;
+export const KVP_GATEWAY_UNITS = 512;
+
+/**
+ * `struct hv_kvp_ip_msg` (packed): the GET_IP_INFO request and answer. The host names the
+ * adapter by MAC (`52:54:00:AB:CD:02`, upper case as `hv_kvp_daemon` compares it); the guest
+ * answers with `;`-separated addresses, CIDR subnets, gateways and DNS servers.
+ */
+export const KvpIpInfoMessage = defineLayout("hv_kvp_ip_msg", 7428, {
+  operation: { offset: 0, type: "u8" },
+  pool: { offset: 1, type: "u8" },
+  adapterId: { offset: 2, type: { bytes: KVP_ADAPTER_ID_UNITS * 2 } },
+  addrFamily: { offset: 258, type: "u8" },
+  dhcpEnabled: { offset: 259, type: "u8" },
+  ipAddr: { offset: 260, type: { bytes: KVP_IP_ADDR_UNITS * 2 } },
+  subNet: { offset: 2308, type: { bytes: KVP_IP_ADDR_UNITS * 2 } },
+  gateway: { offset: 4356, type: { bytes: KVP_GATEWAY_UNITS * 2 } },
+  dnsAddr: { offset: 5380, type: { bytes: KVP_IP_ADDR_UNITS * 2 } },
+});
+
+/** `addr_family` bits of `KvpIpInfoMessage` (`ADDR_FAMILY_IPV4`/`_IPV6`). */
+export const KvpAddrFamily = { IPV4: 0x10, IPV6: 0x20 } as const;
+
 /**
  * Body size the host sends for every KVP operation (the largest of get/set/enumerate/delete).
  * Linux answers in the host's own buffer (`recvlen` bytes), so the request must leave room for

@@ -23,6 +23,7 @@ export const MACHINE_MODULES: readonly string[] = [
   "9p",
   "overlay",
   "kvm_amd",
+  "tun", // the network guest test's tap (in a namespace of its own)
 ];
 
 /** A host directory shared into the test machine at the same path. */

@@ -166,3 +166,23 @@ Deno.test("control socket answers JSON lines over a unix socket", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("control net: status carries each NIC's link and queue counters; guest-ip needs VMBus and a NIC", async () => {
+  const nic = {
+    backend: "tap:hdtap0",
+    mac: "52:54:00:12:34:56",
+    mtu: 1500,
+    link: "up" as const,
+    nvsp: 0x60001,
+    queues: [{ queue: 0, rxPackets: 3, rxBytes: 300, txPackets: 2, txBytes: 200 }],
+    rxDropped: 0,
+    txDropped: 0,
+    malformed: 0,
+    txLso: 0,
+    txCsum: 0,
+  };
+  const withNet: ControlTarget = { ...target, net: () => [nic] };
+  const s = await handleControlRequest('{"cmd":"status"}', withNet);
+  assert.deepEqual(s.net, [nic]);
+  assert.match(String((await handleControlRequest('{"cmd":"guest-ip"}', withNet)).error), /VMBus/);
+});

@@ -243,3 +243,21 @@ Deno.test("kvp: a guest that answers GET fully (REG_SZ, REG_U32, REG_U64) is dec
   assert.equal(await u64, 0x1_0000_0001n);
   assertNoBugs(rig);
 });
+
+Deno.test("kvp: GET_IP_INFO asks the daemon by MAC and decodes the adapter's addresses", async () => {
+  const { rig, daemon, kvp } = withDaemon();
+  daemon.interfaces.set("52:54:00:AB:CD:02", {
+    ip: "10.77.0.2;fe80::5054:ff:feab:cd02",
+    subnet: "255.255.255.0;64",
+    gateway: "10.77.0.1",
+  });
+  const info = await run(rig, kvp.ipInfo("52:54:00:ab:cd:02"));
+  assert.deepEqual(info?.addresses, ["10.77.0.2", "fe80::5054:ff:feab:cd02"]);
+  assert.deepEqual(info?.subnets, ["255.255.255.0", "64"]);
+  assert.deepEqual(info?.gateways, ["10.77.0.1"]);
+  const pkt = rig.linux.rx.filter((r) => r.classId === KVP_GUID).at(-1)!;
+  assert.equal(pkt.payload.length, 28 + 7428, "room for the whole hv_kvp_ip_msg answer");
+  assert.equal(pkt.payload[28], 4, "KVP_OP_GET_IP_INFO");
+  assert.equal(await run(rig, kvp.ipInfo("52:54:00:00:00:09")), undefined, "no such adapter");
+  assertNoBugs(rig);
+});

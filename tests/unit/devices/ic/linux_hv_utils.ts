@@ -205,6 +205,8 @@ export class FakeKvpDaemon {
   held: Uint8Array | undefined;
   /** Answers the kernel with (message) when `hold` is released. */
   deliver: ((msg: Uint8Array) => void) | undefined;
+  /** Interfaces by upper-case MAC for GET_IP_INFO (kvp_mac_to_ip): `;`-joined strings. */
+  readonly interfaces = new Map<string, { ip: string; subnet: string; gateway: string }>();
 
   /** The daemon's records of `pool` as strings. */
   entries(pool: number): { key: string; value: string }[] {
@@ -255,6 +257,17 @@ export class FakeKvpDaemon {
         const i = recs.findIndex((r) => memeq(r.key, msg.subarray(body + 4), keySize));
         if (i < 0) return fail();
         recs.splice(i, 1);
+        return;
+      }
+      case 4: { // GET_IP_INFO: kvp_ip_val (utf-8): adapter_id[256] @0, family @256, dhcp @257,
+        // ip_addr[2048] @258, sub_net @2306, gate_way[1024] @4354, dns_addr @5378.
+        const mac = cstr(msg.subarray(body, body + 256));
+        const itf = this.interfaces.get(mac);
+        if (!itf) return d.setUint32(0, HV_E_FAIL, true);
+        msg[body + 256] = 0x10;
+        msg.set(new TextEncoder().encode(itf.ip + "\0"), body + 258);
+        msg.set(new TextEncoder().encode(itf.subnet + "\0"), body + 2306);
+        msg.set(new TextEncoder().encode(itf.gateway + "\0"), body + 4354);
         return;
       }
       case 3: { // ENUMERATE: kvp_enum_data: index, data{type, key_size, value_size, key, value}
@@ -644,6 +657,11 @@ export class LinuxHvUtils {
       case 3: // ENUMERATE
         md.setUint32(body, ind.getUint32(body, true), true);
         break;
+      case 4: { // GET_IP_INFO (process_ib_ipinfo): hv_kvp_ip_msg's adapter_id at 2, in UTF-16
+        msg.set(utf16ToUtf8(inb.subarray(2), 128, 255), body);
+        msg[body + 256] = inb[2 + 256]!;
+        break;
+      }
     }
     this.#kvpState = "userspace";
     const daemon = this.daemon;
@@ -691,6 +709,15 @@ export class LinuxHvUtils {
         const valuelen = utf8ToUtf16(value, r.buf, data + 524, 2048 / 2 - 2);
         d.setUint32(data + 8, 2 * (valuelen + 1), true);
         d.setUint32(data, 1, true); // REG_SZ
+      }
+      if (op === 4) {
+        // process_ob_ipinfo: back to UTF-16 in the host's hv_kvp_ip_msg.
+        const v = kvp + 2;
+        const str = (at: number) => cstr(answer.subarray(at));
+        utf8ToUtf16(str(4 + 258), r.buf, v + 258, 1024);
+        utf8ToUtf16(str(4 + 2306), r.buf, v + 2306, 1024);
+        utf8ToUtf16(str(4 + 4354), r.buf, v + 4354, 512);
+        r.buf[v + 256] = answer[4 + 256]!;
       }
     }
     respond(ch, r, this.tx);
