@@ -18,6 +18,7 @@ import { VmbusServer } from "../vmbus/mod.ts";
 import { bindDoorbells, doorbellEventfdsFromEnv, type Doorbells } from "./doorbells.ts";
 import { openDisk, ScsiController, ScsiDisk, StorvspDevice } from "../devices/storage/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
+import { InputRouter, SyntheticKeyboard, SyntheticMouse } from "../devices/input/mod.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
 import { loadLinux, parseBzImage } from "../machine/linux_boot.ts";
 import { buildMemoryMap, type MemoryMap } from "../machine/memory_map.ts";
@@ -369,6 +370,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
     // 6. VMBus host and its devices (needs the SynIC).
     let ics: IntegrationComponents | undefined;
     let doorbells: Doorbells | undefined;
+    let inputDevices: { keyboard: SyntheticKeyboard; mouse: SyntheticMouse } | undefined;
     const hv = enlightenments.hv;
     if (hv && withVmbus) {
       const server = new VmbusServer(memory, hv.synic, { vpCount: config.cpus });
@@ -397,7 +399,12 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
         server.addDevice(storvsp);
         cleanups.push(() => storvsp.close());
       }
+      // Synthetic keyboard and mouse: host input goes to them once the guest's drivers connect.
+      inputDevices = { keyboard: new SyntheticKeyboard(), mouse: new SyntheticMouse() };
+      server.addDevice(inputDevices.keyboard);
+      server.addDevice(inputDevices.mouse);
     }
+    const input = new InputRouter({ ...inputDevices });
 
     const exitCounters = Array.from({ length: config.cpus }, () => ExitCounters.createState());
     inputs.publish({
@@ -405,6 +412,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       vmbus,
       ics,
       scsi: inputs.scsi?.controller,
+      input,
       exits: () => exitCounters.map((sab) => new ExitCounters(sab).snapshot()),
       ...(doorbells ? { doorbells: () => doorbells?.count ?? 0 } : {}),
     });
