@@ -80,6 +80,8 @@ export interface PcDevices {
   pio: Bus;
   com1: Serial;
   acpiPm: AcpiPm;
+  /** The i8042 with its PS/2 keyboard and mouse (host input goes in through it). */
+  i8042: I8042;
 }
 
 /** Builds this thread's device objects over `state` and maps them on a PIO bus. */
@@ -88,16 +90,12 @@ export function attachPcDevices(state: PcDeviceState, deps: PcDeviceDeps): PcDev
   const com1 = new Serial(state.com1, { irq: deps.irq(COM1_IRQ), output: deps.serialOutput });
   pio.insert(COM1_PORT, UART_PORT_COUNT, com1, "com1");
   pio.insert(RTC_PORT, 2, new Rtc(state.rtc), "rtc");
-  pio.insert(
-    I8042_DATA_PORT,
-    I8042_PORT_COUNT,
-    new I8042(state.i8042, {
-      power: deps.power,
-      kbdIrq: deps.irq(I8042_KBD_IRQ),
-      auxIrq: deps.irq(I8042_AUX_IRQ),
-    }),
-    "i8042",
-  );
+  const i8042 = new I8042(state.i8042, {
+    power: deps.power,
+    kbdIrq: deps.irq(I8042_KBD_IRQ),
+    auxIrq: deps.irq(I8042_AUX_IRQ),
+  });
+  pio.insert(I8042_DATA_PORT, I8042_PORT_COUNT, i8042, "i8042");
   pio.insert(POST_PORT, 1, new DebugPort(), "post");
   const acpiPm = new AcpiPm(state.acpiPm, { power: deps.power, sci: deps.irq(SCI_IRQ) });
   pio.insert(PM1A_EVT_PORT, ACPI_PM_PORT_COUNT, acpiPm, "acpi-pm");
@@ -108,5 +106,5 @@ export function attachPcDevices(state: PcDeviceState, deps: PcDeviceDeps): PcDev
     new PciHost(state.pci, { resetControl: reset }),
     "pci",
   );
-  return { pio, com1, acpiPm };
+  return { pio, com1, acpiPm, i8042 };
 }

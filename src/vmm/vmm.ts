@@ -404,7 +404,7 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       server.addDevice(inputDevices.keyboard);
       server.addDevice(inputDevices.mouse);
     }
-    const input = new InputRouter({ ...inputDevices });
+    const input = new InputRouter({ ...inputDevices, ps2: mainDevices.i8042 });
 
     const exitCounters = Array.from({ length: config.cpus }, () => ExitCounters.createState());
     inputs.publish({
