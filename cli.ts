@@ -14,6 +14,7 @@ import {
   parseSignedSeconds,
   parseSize,
   parseSyndbg,
+  parseVnc,
   type VmConfig,
 } from "./src/vmm/config.ts";
 import { parseDiskSpec } from "./src/devices/storage/backend/disk_spec.ts";
@@ -50,7 +51,11 @@ boot options:
                          path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N]
   --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
   --control PATH         JSON-lines control socket: status, shutdown, reboot, kvp-get, kvp-set,
-                         channels (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH)
+                         channels, send-keys, type, pointer, input
+                         (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH)
+  --vnc ADDR             VNC server for the screen, keyboard and mouse: unix:PATH or
+                         IPV4:PORT (e.g. 127.0.0.1:5900; outside 127/8 needs --vnc-password)
+  --vnc-password PW      VNC authentication (1-8 bytes; the link is not encrypted)
   --log-level LEVEL      error | warning | info | debug                          (default: warning)
 
 Exit status: 0 guest powered off (or reset with --no-reboot), 1 the VM failed (triple fault,
@@ -88,6 +93,8 @@ export function parseBootArgs(args: string[]): VmConfig {
         disk: { type: "string", multiple: true, default: [] },
         "rtc-offset": { type: "string", default: "0" },
         control: { type: "string" },
+        vnc: { type: "string" },
+        "vnc-password": { type: "string" },
         "log-level": { type: "string", default: "warning" },
       },
     });
@@ -118,6 +125,9 @@ export function parseBootArgs(args: string[]): VmConfig {
   };
   if (v.initrd !== undefined) config.initrdPath = v.initrd;
   if (v.control !== undefined) config.controlPath = v.control;
+  const vnc = parseVnc(v.vnc, v["vnc-password"]);
+  if (vnc) config.vnc = vnc;
+  if (v["vnc-password"] !== undefined) config.vncPassword = v["vnc-password"];
   if (v.syndbg !== undefined) config.syndbg = parseSyndbg(v.syndbg);
   hvFeaturesOf(config); // a bad --hv list (or --syndbg mismatch) fails here, before any file is read
   return config;

@@ -32,6 +32,7 @@ import { attachPcDevices, createPcDeviceState } from "./pc_devices.ts";
 import type { VcpuThreadInit, VcpuThreadResult } from "./vcpu_thread.ts";
 import { installAcpi } from "./acpi.ts";
 import { openDebugSocket } from "./syndbg_udp.ts";
+import { type ConsoleTargets, startConsole } from "./console.ts";
 
 const log = getLogger("machine");
 
@@ -108,6 +109,9 @@ export async function runVm(config: VmConfig): Promise<number> {
   // Disks outlive guest resets, like the controller they hang off.
   const scsi = await openScsiController(config);
   let controlTarget: ControlTarget | undefined;
+  // Screen, keyboard and mouse for people (--vnc); they follow the current boot.
+  const consoleTargets: ConsoleTargets = { input: undefined };
+  const frontEnds = startConsole(config.vnc, config.vncPassword, consoleTargets);
   const control = config.controlPath
     ? serveControl(config.controlPath, () => controlTarget)
     : undefined;
@@ -136,7 +140,10 @@ export async function runVm(config: VmConfig): Promise<number> {
         syndbg,
         doorbellEventfds,
         console: consoleInput,
-        publish: (t) => controlTarget = t ? { ...t, boots } : undefined,
+        publish: (t) => {
+          controlTarget = t ? { ...t, boots } : undefined;
+          consoleTargets.input = t?.input;
+        },
       });
       switch (outcome.kind) {
         case "poweroff":
@@ -174,6 +181,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     raw?.restore();
     stdin?.stop();
     control?.close();
+    frontEnds.close();
     if (serialFd > 2) close(serialFd);
     if (syndbg) close(syndbg.fd);
     await scsi?.close();
