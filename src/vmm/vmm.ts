@@ -32,7 +32,9 @@ import { attachPcDevices, createPcDeviceState } from "./pc_devices.ts";
 import type { VcpuThreadInit, VcpuThreadResult } from "./vcpu_thread.ts";
 import { installAcpi } from "./acpi.ts";
 import { openDebugSocket } from "./syndbg_udp.ts";
-import { type ConsoleTargets, startConsole } from "./console.ts";
+import { type ConsoleFrontEnds, type ConsoleTargets, startConsole } from "./console.ts";
+import { Synthvid } from "../devices/video/mod.ts";
+import { allocateVram, vramForVm, type VramMemory } from "./vram.ts";
 
 const log = getLogger("machine");
 
@@ -112,6 +114,8 @@ export async function runVm(config: VmConfig): Promise<number> {
   // Screen, keyboard and mouse for people (--vnc); they follow the current boot.
   const consoleTargets: ConsoleTargets = { input: undefined };
   const frontEnds = startConsole(config.vnc, config.vncPassword, consoleTargets);
+  // Synthetic video's VRAM, kept across reboots (front ends may hold views of it).
+  const vram = hasFeature(features, "synic") ? allocateVram(8 << 20) : undefined;
   const control = config.controlPath
     ? serveControl(config.controlPath, () => controlTarget)
     : undefined;
@@ -140,6 +144,8 @@ export async function runVm(config: VmConfig): Promise<number> {
         syndbg,
         doorbellEventfds,
         console: consoleInput,
+        frontEnds,
+        vram,
         publish: (t) => {
           controlTarget = t ? { ...t, boots } : undefined;
           consoleTargets.input = t?.input;
@@ -286,6 +292,10 @@ interface BootInputs {
   syndbg: (SyndbgLink & { hypercalls: boolean }) | undefined;
   /** Host input for the guest console. */
   console: ConsoleInput;
+  /** Screen front ends (--vnc): shown the display the guest uses. */
+  frontEnds: ConsoleFrontEnds;
+  /** Synthetic video's VRAM (with VMBus). */
+  vram: VramMemory | undefined;
   /** Makes the running VM reachable from the control socket (undefined: it stopped). */
   publish: (target: Omit<ControlTarget, "boots"> | undefined) => void;
 }
@@ -411,6 +421,17 @@ async function bootOnce(kvm: Kvm, config: VmConfig, inputs: BootInputs): Promise
       inputDevices = { keyboard: new SyntheticKeyboard(), mouse: new SyntheticMouse() };
       server.addDevice(inputDevices.keyboard);
       server.addDevice(inputDevices.mouse);
+      if (inputs.vram) {
+        // Synthetic video: the screen front ends show it once the guest's driver set a mode.
+        const video = new Synthvid({ vram: vramForVm(vm.fd, inputs.vram, map.vmbusMmio) });
+        server.addDevice(video);
+        video.subscribe((c) => {
+          if (c.kind !== "resize") return;
+          inputs.frontEnds.setDisplay(video.active ? video : undefined);
+          input.screen = { width: video.frame().width, height: video.frame().height };
+        });
+        cleanups.push(() => inputs.frontEnds.setDisplay(undefined));
+      }
     }
     const input = new InputRouter({ ...inputDevices, ps2: mainDevices.i8042 });
 

@@ -1,0 +1,71 @@
+/**
+ * Synthetic video on a stock Debian 6.1 guest: hyperv_drm binds (synthvid 3.5), its fb0 mode is
+ * the 1024x768 the host offers as default, and a pattern the guest writes into /dev/fb0 reaches
+ * the host's VRAM and is in the frame a real VNC client (gtk-vnc's gvnccapture) fetches.
+ */
+import assert from "node:assert/strict";
+import { bootGuest, describeRun, guestEnvironment } from "../harness.ts";
+import { decodePng } from "../../unit/console/png.ts";
+
+function have(cmd: string): boolean {
+  try {
+    return new Deno.Command("sh", { args: ["-c", `command -v ${cmd}`] }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name: "synthvid: hyperv_drm binds at 3.5 with the offered 1024x768 mode; a pattern drawn in " +
+    "fb0 is in gvnccapture's frame",
+  ignore: !guestEnvironment().ok || !have("gvnccapture"),
+  async fn() {
+    const dir = Deno.env.get("VIDEO_TEST_SHOT_DIR") ?? await Deno.makeTempDir();
+    const display = 60 + Math.floor(Math.random() * 30);
+    const shot = `${dir}/synthvid.png`;
+    let capture = "";
+    const run = await bootGuest({
+      modules: ["hv_vmbus", "hyperv_drm"],
+      vmmArgs: ["--vnc", `127.0.0.1:${5900 + display}`],
+      timeoutMs: 300_000,
+      script: `
+        for i in $(seq 1 60); do [ -e /dev/fb0 ] && break; sleep 1; done
+        hd_mark synthvid "$(dmesg | grep -o 'Synthvid Version major [0-9]*, minor [0-9]*' | head -1)"
+        hd_mark fb "$(cat /sys/class/graphics/fb0/name) $(cat /sys/class/graphics/fb0/virtual_size)"
+        hd_mark mode "$(head -1 /sys/class/drm/card0-Virtual-1/modes 2>/dev/null)"
+        # 128 rows of 1024 pixels: black, columns 100..299 white, 400..599 grey (0x80).
+        { head -c 400 /dev/zero; head -c 800 /dev/zero | tr '\\000' '\\377'
+          head -c 400 /dev/zero; head -c 800 /dev/zero | tr '\\000' '\\200'
+          head -c 1696 /dev/zero; } > /tmp/row
+        cp /tmp/row /tmp/block
+        for i in 1 2 3 4 5 6 7; do cat /tmp/block /tmp/block > /tmp/b2; mv /tmp/b2 /tmp/block; done
+        dd if=/tmp/block of=/dev/fb0 bs=4096 seek=600 conv=notrunc 2>/dev/null
+        sleep 2
+        hd_mark fb-written 1
+        read -t 120 -r reply
+      `,
+      onMark: async (key) => {
+        if (key !== "fb-written") return;
+        const out = await new Deno.Command("gvnccapture", {
+          args: ["-q", `127.0.0.1:${display}`, shot],
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        capture = `gvnccapture ${out.code}: ${new TextDecoder().decode(out.stderr)}`;
+        return "go\n";
+      },
+    });
+    const ctx = `${capture}\n${describeRun(run, 40)}`;
+    assert.equal(run.code, 0, ctx);
+    assert.equal(run.marks.get("synthvid"), "Synthvid Version major 3, minor 5", ctx);
+    assert.equal(run.marks.get("fb"), "hyperv_drmdrmfb 1024,768", ctx);
+    assert.equal(run.marks.get("mode"), "1024x768", ctx);
+    const img = decodePng(Deno.readFileSync(shot));
+    assert.deepEqual([img.width, img.height], [1024, 768], ctx);
+    const at = (x: number, y: number) => img.rgb(x, y).toString(16).padStart(6, "0");
+    assert.equal(at(200, 650), "ffffff", ctx);
+    assert.equal(at(500, 700), "808080", ctx);
+    assert.equal(at(50, 650), "000000", ctx);
+    assert.equal(at(350, 720), "000000", ctx);
+  },
+});
