@@ -15,6 +15,7 @@ import {
   parseSize,
   parseSyndbg,
   parseVnc,
+  parseWeb,
   type VmConfig,
 } from "./src/vmm/config.ts";
 import { parseDiskSpec } from "./src/devices/storage/backend/disk_spec.ts";
@@ -56,6 +57,8 @@ boot options:
   --vnc ADDR             VNC server for the screen, keyboard and mouse: unix:PATH or
                          IPV4:PORT (e.g. 127.0.0.1:5900; outside 127/8 needs --vnc-password)
   --vnc-password PW      VNC authentication (1-8 bytes; the link is not encrypted)
+  --web IPV4:PORT        web console (noVNC in the browser) at the URL printed at start,
+                         with a random token; loopback only unless --web-allow-remote
   --log-level LEVEL      error | warning | info | debug                          (default: warning)
 
 Exit status: 0 guest powered off (or reset with --no-reboot), 1 the VM failed (triple fault,
@@ -95,6 +98,8 @@ export function parseBootArgs(args: string[]): VmConfig {
         control: { type: "string" },
         vnc: { type: "string" },
         "vnc-password": { type: "string" },
+        web: { type: "string" },
+        "web-allow-remote": { type: "boolean", default: false },
         "log-level": { type: "string", default: "warning" },
       },
     });
@@ -128,6 +133,8 @@ export function parseBootArgs(args: string[]): VmConfig {
   const vnc = parseVnc(v.vnc, v["vnc-password"]);
   if (vnc) config.vnc = vnc;
   if (v["vnc-password"] !== undefined) config.vncPassword = v["vnc-password"];
+  const web = parseWeb(v.web, v["web-allow-remote"]);
+  if (web) config.web = web;
   if (v.syndbg !== undefined) config.syndbg = parseSyndbg(v.syndbg);
   hvFeaturesOf(config); // a bad --hv list (or --syndbg mismatch) fails here, before any file is read
   return config;

@@ -46,6 +46,8 @@ export interface VmConfig {
   vnc?: VncSpec;
   /** VNC authentication password (`--vnc-password`). */
   vncPassword?: string;
+  /** Web console address (`--web`); absent = none. */
+  web?: { hostname: string; port: number };
   /** Unix socket path for the JSON-lines control socket (`--control`). */
   controlPath?: string;
   /** `--disk` specs, in order (LUN = position unless given). */
@@ -234,4 +236,30 @@ export function parseVnc(
     );
   }
   return { kind: "tcp", hostname, port, loopback };
+}
+
+/** Parses `--web IPV4:PORT`; outside 127.0.0.0/8 only with `--web-allow-remote`. */
+export function parseWeb(
+  text: string | undefined,
+  allowRemote: boolean,
+): { hostname: string; port: number } | undefined {
+  if (text === undefined) {
+    if (allowRemote) throw new UsageError("--web-allow-remote needs --web");
+    return undefined;
+  }
+  const colon = text.lastIndexOf(":");
+  const hostname = colon > 0 ? text.slice(0, colon) : "";
+  const portText = colon > 0 ? text.slice(colon + 1) : "";
+  const port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
+  const address = parseIpv4(hostname);
+  if (address === undefined || !(port >= 0 && port <= 65535)) {
+    throw new UsageError(`--web: '${text}' is not IPV4:PORT (e.g. 127.0.0.1:8080)`);
+  }
+  if (address >>> 24 !== 127 && !allowRemote) {
+    throw new UsageError(
+      `--web: ${hostname} is not a loopback address; add --web-allow-remote if the console ` +
+        "(plain HTTP, guarded by the token only) is meant to be reachable from elsewhere",
+    );
+  }
+  return { hostname, port };
 }

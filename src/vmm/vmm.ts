@@ -113,7 +113,11 @@ export async function runVm(config: VmConfig): Promise<number> {
   let controlTarget: ControlTarget | undefined;
   // Screen, keyboard and mouse for people (--vnc); they follow the current boot.
   const consoleTargets: ConsoleTargets = { input: undefined };
-  const frontEnds = startConsole(config.vnc, config.vncPassword, consoleTargets);
+  const frontEnds = await startConsole({
+    ...(config.vnc ? { vnc: config.vnc } : {}),
+    ...(config.vncPassword !== undefined ? { password: config.vncPassword } : {}),
+    ...(config.web ? { web: config.web } : {}),
+  }, consoleTargets);
   // Synthetic video's VRAM, kept across reboots (front ends may hold views of it).
   const vram = hasFeature(features, "synic") ? allocateVram(8 << 20) : undefined;
   const control = config.controlPath

@@ -42,13 +42,13 @@ Deno.test("startConsole refuses to replace a file that is not a socket, and keep
   const path = `${dir}/precious.txt`;
   Deno.writeTextFileSync(path, "keep me");
   try {
-    assert.throws(
-      () => startConsole({ kind: "unix", path }, undefined, { input: undefined }),
+    await assert.rejects(
+      () => startConsole({ vnc: { kind: "unix", path } }, { input: undefined }),
       /not a socket is in the way/,
     );
     assert.equal(Deno.readTextFileSync(path), "keep me");
     const sock = `${dir}/vnc.sock`;
-    const fe = startConsole({ kind: "unix", path: sock }, undefined, { input: undefined });
+    const fe = await startConsole({ vnc: { kind: "unix", path: sock } }, { input: undefined });
     assert.ok(Deno.lstatSync(sock).isSocket);
     fe.close();
   } finally {
