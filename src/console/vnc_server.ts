@@ -249,6 +249,8 @@ class VncClient {
   #copies: { rect: Rect; fromX: number; fromY: number }[] = [];
   #resized = false;
   #cursorChanged = true;
+  /** The QEMU extended key event pseudo-encoding still to be acknowledged. */
+  #qemuKeysPending = false;
   #sending = false;
   #deflate: zlib.Deflate | undefined;
   #deflateOut: Uint8Array[] = [];
@@ -415,6 +417,7 @@ class VncClient {
         const dv = new DataView(list.buffer, list.byteOffset, list.byteLength);
         this.#encodings = new Set(Array.from({ length: n }, (_, i) => dv.getInt32(i * 4)));
         this.#cursorChanged = true;
+        this.#qemuKeysPending = this.#encodings.has(Encoding.QEMU_EXTENDED_KEY_EVENT);
         return;
       }
       case ClientMessage.FRAMEBUFFER_UPDATE_REQUEST: {
@@ -555,7 +558,10 @@ class VncClient {
       return;
     }
     const cursor = this.#cursorChanged && this.#encodings.has(Encoding.CURSOR);
-    if (!this.#resized && !cursor && this.#dirty.length === 0 && this.#copies.length === 0) {
+    if (
+      !this.#resized && !cursor && !this.#qemuKeysPending && this.#dirty.length === 0 &&
+      this.#copies.length === 0
+    ) {
       this.#server._waitingChanged();
       return;
     }
@@ -604,6 +610,11 @@ class VncClient {
       const c = source.cursor?.() ?? defaultCursor();
       header({ x: c.hotX, y: c.hotY, width: c.width, height: c.height }, Encoding.CURSOR);
       parts.push(encodeCursor(c, this.#enc));
+    }
+    if (this.#qemuKeysPending) {
+      // Tells the client it may send scan codes (QEMU extended key events).
+      this.#qemuKeysPending = false;
+      header({ x: 0, y: 0, width: 0, height: 0 }, Encoding.QEMU_EXTENDED_KEY_EVENT);
     }
     for (const c of this.#copies) {
       header(c.rect, Encoding.COPY_RECT);

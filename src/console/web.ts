@@ -34,7 +34,10 @@ export interface WebConsole {
   close(): Promise<void>;
 }
 
-/** Joins noVNC's CommonJS modules under `lib` into one browser script exposing `novncRequire`. */
+/**
+ * Joins noVNC's CommonJS modules under `lib` into one browser script exposing `novncRequire`
+ * (module names relative to the package root: `novncRequire("lib/rfb.js")`).
+ */
 export function bundleNovnc(lib: string): string {
   const parts: string[] = [];
   const walk = (dir: string, rel: string) => {
@@ -50,8 +53,9 @@ export function bundleNovnc(lib: string): string {
       }
     }
   };
-  walk(lib, "");
-  if (!parts.some((p) => p.startsWith('__m["rfb.js"]'))) {
+  // Names relative to the package root: some modules reach "../lib/vendor/…".
+  walk(lib, "lib");
+  if (!parts.some((p) => p.startsWith('__m["lib/rfb.js"]'))) {
     throw new Error(`${lib} does not look like noVNC's lib directory (no rfb.js)`);
   }
   return `(function () {
@@ -73,7 +77,12 @@ function load(name) {
   if (!fn) throw new Error("noVNC module not found: " + name);
   const module = { exports: {} };
   __cache[name] = module;
-  fn((spec) => load(resolve(name, spec)), module, module.exports);
+  try {
+    fn((spec) => load(resolve(name, spec)), module, module.exports);
+  } catch (e) {
+    delete __cache[name];
+    throw e;
+  }
   return module.exports;
 }
 globalThis.novncRequire = (name) => load(name);
@@ -90,7 +99,7 @@ function page(token: string): string {
 <button id="cad">Ctrl-Alt-Del</button></div><div id="screen"></div>
 <script src="novnc.js?token=${token}"></script>
 <script>
-const RFB = novncRequire("rfb.js").default;
+const RFB = novncRequire("lib/rfb.js").default;
 const proto = location.protocol === "https:" ? "wss:" : "ws:";
 const rfb = new RFB(document.getElementById("screen"),
   proto + "//" + location.host + "/websockify?token=${token}");

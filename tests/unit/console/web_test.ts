@@ -82,10 +82,10 @@ Deno.test({
       assert.equal(bad.status, 403);
       await bad.body?.cancel();
       const page = await (await fetch(web.url)).text();
-      assert.match(page, /novncRequire\("rfb.js"\)/);
+      assert.match(page, /novncRequire\("lib\/rfb.js"\)/);
       const token = new URL(web.url).searchParams.get("token")!;
       const script = await (await fetch(`${base}/novnc.js?token=${token}`)).text();
-      assert.ok(script.includes('__m["rfb.js"]') && script.length > 200_000, "noVNC bundled");
+      assert.ok(script.includes('__m["lib/rfb.js"]') && script.length > 200_000, "noVNC bundled");
       // The bundle is one valid script (it runs in a browser: window, document).
       assert.equal(typeof new Function(script), "function");
 
