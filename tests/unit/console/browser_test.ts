@@ -19,6 +19,10 @@ const CHROMIUM = ["chromium", "chromium-browser"].find((c) => {
 });
 const lib = CHROMIUM ? await findNovncLib().catch(() => undefined) : undefined;
 
+/** A DevTools protocol result: JSON whose shape depends on the method. */
+// deno-lint-ignore no-explicit-any
+type CdpResult = Record<string, any>;
+
 /** A DevTools protocol session over the browser's WebSocket. */
 class Cdp {
   readonly #ws: WebSocket;
@@ -43,13 +47,13 @@ class Cdp {
   send(method: string, params: Record<string, unknown> = {}, sessionId?: string) {
     const id = ++this.#id;
     this.#ws.send(JSON.stringify({ id, method, params, ...(sessionId ? { sessionId } : {}) }));
-    return new Promise<Record<string, any>>((resolve, reject) => {
+    return new Promise<CdpResult>((resolve, reject) => {
       this.#pending.set(
         id,
         (m) =>
           m.error
             ? reject(new Error(JSON.stringify(m.error)))
-            : resolve(m.result as Record<string, any>),
+            : resolve(m.result as CdpResult),
       );
     });
   }
