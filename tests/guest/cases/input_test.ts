@@ -108,9 +108,9 @@ const READ_EVENTS = `
 `;
 
 Deno.test({
+  ignore: !guestEnvironment().ok || Deno.env.get("INPUT_TEST_ONLY") === "ps2",
   name: "synthetic input: hyperv_keyboard and hid_hyperv bind; keys and pointer moves from the " +
     "control socket and VNC arrive as input events; ctrl-alt-delete resets the guest",
-  ignore: !guestEnvironment().ok,
   async fn() {
     const dir = await Deno.makeTempDir();
     const sock = `${dir}/control.sock`;
@@ -226,6 +226,8 @@ Deno.test({
         ${eventNodeScript("kev", "Phys=isa0060\\/serio0")}
         ${eventNodeScript("mev", "Phys=isa0060\\/serio1")}
         hd_mark nodes "$kev $mev"
+        hd_mark serio "$(ls /sys/bus/serio/devices/ | tr '\n' ' ') $(cat /sys/bus/serio/devices/*/drvctl 2>/dev/null; ls /sys/bus/serio/drivers | tr '\n' ' ')"
+        hd_mark dmesg-input "$(dmesg | grep -iE 'serio|i8042|psmouse|mouse|aux' | tr '\n' ';')"
         hd_mark mouse-name "$(grep -B1 'Phys=isa0060/serio1' /proc/bus/input/devices | sed -n 's/.*Name="\\(.*\\)"/\\1/p')"
         capture $kev /tmp/k; capture $mev /tmp/m
         sleep 1
