@@ -8,6 +8,7 @@ import { UsageError } from "./src/util/errors.ts";
 import {
   hvFeaturesOf,
   parseCpus,
+  parseDisplay,
   parseOnCrash,
   parseSeconds,
   parseSerial,
@@ -52,8 +53,10 @@ boot options:
                          path=FILE[,readonly=on][,format=raw|qcow2][,serial=STR][,lun=N]
   --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
   --control PATH         JSON-lines control socket: status, shutdown, reboot, kvp-get, kvp-set,
-                         channels, send-keys, type, pointer, input
+                         channels, disks, screendump, pci, send-keys, type, pointer, input
                          (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH)
+  --display SPEC         none | bochs[,WxH]: a bochs-display PCI device (EDID mode WxH,
+                         default 1024x768)                                       (default: none)
   --vnc ADDR             VNC server for the screen, keyboard and mouse: unix:PATH or
                          IPV4:PORT (e.g. 127.0.0.1:5900; outside 127/8 needs --vnc-password)
   --vnc-password PW      VNC authentication (1-8 bytes; the link is not encrypted)
@@ -100,6 +103,7 @@ export function parseBootArgs(args: string[]): VmConfig {
         "vnc-password": { type: "string" },
         web: { type: "string" },
         "web-allow-remote": { type: "boolean", default: false },
+        display: { type: "string", default: "none" },
         "log-level": { type: "string", default: "warning" },
       },
     });
@@ -127,6 +131,7 @@ export function parseBootArgs(args: string[]): VmConfig {
     disks: v.disk.map((d) => parseDiskSpec(d)),
     rtcOffsetSeconds: parseSignedSeconds(v["rtc-offset"], "--rtc-offset"),
     logLevel: v["log-level"],
+    display: parseDisplay(v.display),
   };
   if (v.initrd !== undefined) config.initrdPath = v.initrd;
   if (v.control !== undefined) config.controlPath = v.control;

@@ -9,9 +9,8 @@
  * calling KVM_RUN, `batch` exits in a row, then a shutdown exit that ends the loop.
  *
  * For each exit kind, two figures: the decode alone (a handler that does nothing, as the C
- * floor's), and decode plus the production dispatch behind it: PIO to the PC devices' `Bus`
- * (COM1's scratch register), MMIO to a `Bus` where nothing is mapped (the VMM has no MMIO device
- * yet), RDMSR/WRMSR to `HyperV.rdmsr`/`wrmsr` (VP_INDEX, SCONTROL), and the hypercall port to
+ * floor's), and decode plus the production dispatch behind it: PIO through the device registry's
+ * `IoDispatch` (COM1's scratch register), MMIO to an unclaimed address (all-ones), RDMSR/WRMSR to `HyperV.rdmsr`/`wrmsr` (VP_INDEX, SCONTROL), and the hypercall port to
  * `HyperV.hypercall` through `VcpuHypercallRegs`, the branch the vCPU thread runs. The vCPU
  * thread's handler itself is a closure inside `runVcpuThread`, so the handlers here repeat its
  * few lines of routing.
@@ -22,10 +21,9 @@ import { GuestMemory } from "../../src/kvm/guest_memory.ts";
 import { type Vcpu, VCPU_MODE } from "../../src/kvm/vcpu.ts";
 import { type ExitHandler, runVcpu } from "../../src/kvm/vcpu_loop.ts";
 
-import { Bus } from "../../src/machine/bus.ts";
 import { COM1_PORT } from "../../src/machine/layout.ts";
 import { HV_HYPERCALL_PORT, parseHvFeatures, tlfs } from "../../src/hyperv/mod.ts";
-import { VcpuHypercallRegs } from "../../src/vmm/hyperv_host.ts";
+import { VcpuHypercallRegs } from "../../src/hyperv/host/hyperv_host.ts";
 import { attachPcDevices, createPcDeviceState } from "../../src/vmm/pc_devices.ts";
 import { rdtsc } from "../../src/kvm/tsc.ts";
 import { GUEST_OS_ID, HYPERCALL_PAGE_GPA, RAM_SIZE, SIGNAL_CONNECTION_ID } from "./guest32.ts";
@@ -165,6 +163,7 @@ function production() {
     irq: () => ({ set() {} }),
     power: { powerOff() {}, reset() {} },
     serialOutput: () => {},
+    nowNs: () => 0n,
   });
   const memory = new GuestMemory([{ gpa: 0, bytes: new Uint8Array(RAM_SIZE) }]);
   const hyperv = hyperVFixture({
@@ -180,7 +179,7 @@ function production() {
   ) {
     throw new Error("HyperV refused to enable hypercalls");
   }
-  return { pio: devices.pio, mmio: new Bus("mmio"), hv, events: hyperv.events };
+  return { dispatch: devices.dispatch, hv, events: hyperv.events };
 }
 
 /** Every exit-dispatch figure (no KVM needed; the C floor is built with cc). */
@@ -216,7 +215,7 @@ export function dispatchFigures(lib: FloorLib): Figure[] {
   add("PIO out (COM1 scratch)", (v) => v.setPio(com1Scratch, true, 1, 1), () => ({
     ...NULL_HANDLER,
     pio(port, write, data) {
-      if (!(write ? prod.pio.write(port, data) : prod.pio.read(port, data))) {
+      if (!prod.dispatch.access("pio", port, write, data)) {
         throw new Error(`nothing at port ${port}`);
       }
     },
@@ -224,9 +223,7 @@ export function dispatchFigures(lib: FloorLib): Figure[] {
   add("MMIO read (unmapped)", (v) => v.setMmio(0xfed0_0000, false, 4), () => ({
     ...NULL_HANDLER,
     mmio(address, write, data) {
-      if (!(write ? prod.mmio.write(address, data) : prod.mmio.read(address, data))) {
-        if (!write) data.fill(0xff);
-      }
+      prod.dispatch.access("mmio", address, write, data);
     },
   }));
   add("RDMSR (HV VP_INDEX)", (v) => v.setMsr(false, tlfs.HV_X64_MSR_VP_INDEX, 0n), () => ({

@@ -1,7 +1,7 @@
 /**
  * The Hyper-V enlightenments of one vCPU thread, built as the VMM builds them
  * (`HyperV.createState` on the main thread, `new HyperV` over it on the vCPU thread with the
- * VMM's clock, timer scheduler and runtime source from `src/vmm/hyperv_host.ts`), with a VMBus
+ * VMM's clock, timer scheduler and runtime source from `src/hyperv/host/hyperv_host.ts`), with a VMBus
  * bridge that accepts the benchmark's HvSignalEvent and counts it: the VMBus host and the
  * vCPU-to-main-thread bridge are not part of these figures.
  * @module
@@ -10,8 +10,8 @@ import { close, eventfd, eventfdSignal } from "../../ffi/libc.ts";
 import type { GuestMemory } from "../../src/kvm/guest_memory.ts";
 import type { MsiSink } from "../../src/machine/irq.ts";
 import { type HvFeatures, HyperV, tlfs } from "../../src/hyperv/mod.ts";
-import { guestClock, threadRuntime100ns } from "../../src/vmm/hyperv_host.ts";
-import { VcpuTimerScheduler } from "../../src/vmm/vcpu_timers.ts";
+import { guestClock, threadRuntime100ns } from "../../src/hyperv/host/hyperv_host.ts";
+import { VcpuTimerScheduler } from "../../src/hyperv/host/vcpu_timers.ts";
 import { SIGNAL_CONNECTION_ID } from "./guest32.ts";
 
 /** A vCPU thread's `HyperV` and the count of events its bridge accepted. */

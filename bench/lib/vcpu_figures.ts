@@ -29,7 +29,7 @@ import {
   parseHvFeatures,
   tlfs,
 } from "../../src/hyperv/mod.ts";
-import { measureGuestTsc, VcpuHypercallRegs } from "../../src/vmm/hyperv_host.ts";
+import { measureGuestTsc, VcpuHypercallRegs } from "../../src/hyperv/host/hyperv_host.ts";
 import { KVM_TSS_START } from "../../src/machine/layout.ts";
 import { openRef } from "./cc.ts";
 import { hyperVFixture } from "./hyperv_fixture.ts";

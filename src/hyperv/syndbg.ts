@@ -1,7 +1,7 @@
 /**
  * The synthetic debugger: a kernel-debugger transport between the guest (Windows KDNET on the
  * "VS#1" interface of CPUID 0x40000080-0x40000082) and a debugger on the host, carried as
- * datagrams over a `DebugTransport` (the VMM's is UDP, see `src/vmm/syndbg_udp.ts`). Same
+ * datagrams over a `DebugTransport` (the VMM's is UDP, see `src/hyperv/host/syndbg_udp.ts`). Same
  * behaviour as KVM (arch/x86/kvm/hyperv.c, which forwards these to user space) plus QEMU
  * (hw/hyperv/syndbg.c, hw/hyperv/hyperv.c), which is the only public host implementation.
  *

@@ -6,8 +6,13 @@
  */
 import { C, check, close, libc, mmap } from "../../ffi/libc.ts";
 import { KVM, KVM_IOCTL, KVM_STRUCT } from "../../ffi/kvm_abi.ts";
-import type { IrqLine, MsiSink } from "../machine/irq.ts";
 import type { Kvm } from "./kvm.ts";
+import { GsiRouting } from "./gsi_routing.ts";
+
+/** One GSI as a level the caller drives (the machine layer's `IrqLine` has this shape). */
+export interface GsiLine {
+  set(level: boolean): void;
+}
 
 /** A RAM region mapped into the guest: its host address lets every thread build a view. */
 export interface RamRegion {
@@ -35,6 +40,9 @@ export class Vm {
   readonly #regions: RamRegion[] = [];
   /** Interrupt injection into this VM. */
   readonly interrupts: VmInterrupts;
+  /** The GSI routing table (MSI routes for irqfds). */
+  readonly routing: GsiRouting;
+  readonly #slots: (MemorySlot | undefined)[] = [];
   // Bitmaps handed to the kernel by pointer must outlive the ioctl.
   #filterKeepAlive: Uint8Array[] = [];
 
@@ -42,6 +50,7 @@ export class Vm {
     this.#fd = fd;
     this.kvm = kvm;
     this.interrupts = new VmInterrupts(fd);
+    this.routing = new GsiRouting(fd);
   }
 
   /** The VM file descriptor (valid in every thread of the process). */
@@ -79,6 +88,47 @@ export class Vm {
     this.#ioctlBuf("KVM_SET_USER_MEMORY_REGION", KVM_IOCTL.KVM_SET_USER_MEMORY_REGION, buf);
     this.#regions.push(region);
     return region;
+  }
+
+  /**
+   * Maps host memory at `hostAddress` (owned by the caller, e.g. a framebuffer) as a memory slot
+   * at `gpa`, or read-only (KVM_MEM_READONLY: reads from memory, writes exit as MMIO, what a ROM
+   * or flash needs). Returns the slot number for {@linkcode moveSlot}/{@linkcode removeSlot}.
+   * Usable from any thread (the VM fd is process-wide).
+   */
+  addSlot(
+    gpa: number,
+    size: number,
+    hostAddress: bigint,
+    options: { readOnly?: boolean } = {},
+  ): number {
+    let slot = this.#slots.findIndex((s) => s === undefined);
+    if (slot < 0) slot = this.#slots.length;
+    const region = slot + MEMSLOT_BASE;
+    const entry: MemorySlot = {
+      slot: region,
+      size,
+      hostAddress,
+      readOnly: options.readOnly ?? false,
+    };
+    setUserMemoryRegion(this.#fd, entry, gpa);
+    this.#slots[slot] = entry;
+    return region;
+  }
+
+  /** Moves slot `slot` to `gpa` (undefined: unmaps it, keeping the host memory). */
+  moveSlot(slot: number, gpa: number | undefined): void {
+    const entry = this.#slots[slot - MEMSLOT_BASE];
+    if (!entry) throw new RangeError(`Memory slot ${slot} was not added with addSlot.`);
+    // KVM cannot move a slot in place: delete it (size 0), then add it where it goes.
+    setUserMemoryRegion(this.#fd, { ...entry, size: 0 }, 0);
+    if (gpa !== undefined) setUserMemoryRegion(this.#fd, entry, gpa);
+  }
+
+  /** Deletes slot `slot` (the host memory stays the caller's). */
+  removeSlot(slot: number): void {
+    this.moveSlot(slot, undefined);
+    this.#slots[slot - MEMSLOT_BASE] = undefined;
   }
 
   #ioctlBuf(name: string, request: number, buf: Uint8Array<ArrayBuffer>): number {
@@ -172,15 +222,31 @@ export class Vm {
     this.#ioctlBuf("KVM_IRQFD", KVM_IOCTL.KVM_IRQFD, buf);
   }
 
-  /** KVM_IOEVENTFD: a guest write to `addr` (PIO when `pio`) signals `eventfd` without an exit. */
-  ioeventfd(eventfd: number, addr: number, length: number, pio: boolean): void {
+  /**
+   * KVM_IOEVENTFD: a guest write of `length` bytes to `addr` (PIO when `pio`) signals `eventfd`
+   * without an exit; with `datamatch`, only a write of exactly that value does (others exit as
+   * usual). `deassign` removes a binding made with the same arguments.
+   */
+  ioeventfd(
+    eventfd: number,
+    addr: number,
+    length: number,
+    pio: boolean,
+    options: { datamatch?: bigint; deassign?: boolean } = {},
+  ): void {
     const S = KVM_STRUCT.kvm_ioeventfd;
     const buf = new Uint8Array(S.size);
     const dv = new DataView(buf.buffer);
     dv.setBigUint64(S.addr, BigInt(addr), true);
     dv.setUint32(S.len, length, true);
     dv.setInt32(S.fd, eventfd, true);
-    dv.setUint32(S.flags, pio ? KVM.KVM_IOEVENTFD_FLAG_PIO : 0, true);
+    let flags = pio ? KVM.KVM_IOEVENTFD_FLAG_PIO : 0;
+    if (options.datamatch !== undefined) {
+      flags |= KVM.KVM_IOEVENTFD_FLAG_DATAMATCH;
+      dv.setBigUint64(S.datamatch, options.datamatch, true);
+    }
+    if (options.deassign) flags |= KVM.KVM_IOEVENTFD_FLAG_DEASSIGN;
+    dv.setUint32(S.flags, flags, true);
     this.#ioctlBuf("KVM_IOEVENTFD", KVM_IOCTL.KVM_IOEVENTFD, buf);
   }
 
@@ -205,11 +271,41 @@ export class Vm {
   }
 }
 
+/** KVM_CAP_READONLY_MEM (linux/kvm.h): KVM_MEM_READONLY slots are supported. */
+export const KVM_CAP_READONLY_MEM = 81;
+
+/** Slots from `addSlot` start here (RAM regions take the first ones). */
+const MEMSLOT_BASE = 32;
+
+/** A memory slot over caller memory, as KVM_SET_USER_MEMORY_REGION takes it. */
+export interface MemorySlot {
+  slot: number;
+  size: number;
+  hostAddress: bigint;
+  readOnly: boolean;
+}
+
+/** KVM_SET_USER_MEMORY_REGION for `entry` at `gpa` (size 0 deletes the slot). */
+export function setUserMemoryRegion(vmFd: number, entry: MemorySlot, gpa: number): void {
+  const S = KVM_STRUCT.kvm_userspace_memory_region;
+  const buf = new Uint8Array(S.size);
+  const dv = new DataView(buf.buffer);
+  dv.setUint32(S.slot, entry.slot, true);
+  dv.setUint32(S.flags, entry.readOnly ? KVM.KVM_MEM_READONLY : 0, true);
+  dv.setBigUint64(S.guest_phys_addr, BigInt(gpa), true);
+  dv.setBigUint64(S.memory_size, BigInt(entry.size), true);
+  dv.setBigUint64(S.userspace_addr, entry.hostAddress, true);
+  check(
+    "ioctl(KVM_SET_USER_MEMORY_REGION)",
+    libc.ioctl_buf(vmFd, BigInt(KVM_IOCTL.KVM_SET_USER_MEMORY_REGION), buf),
+  );
+}
+
 /**
  * Interrupt injection by VM fd: usable from any thread of the process (each thread builds its
  * own, so the ioctl argument buffers are never shared).
  */
-export class VmInterrupts implements MsiSink {
+export class VmInterrupts {
   readonly #fd: number;
   readonly #irqBuf = new Uint8Array(KVM_STRUCT.kvm_irq_level.size);
   readonly #irqView = new DataView(this.#irqBuf.buffer);
@@ -227,17 +323,22 @@ export class VmInterrupts implements MsiSink {
     libc.ioctl_buf(this.#fd, req(KVM_IOCTL.KVM_IRQ_LINE), this.#irqBuf);
   }
 
-  /** An `IrqLine` for one GSI. */
-  irqLine(gsi: number): IrqLine {
+  /** A line for one GSI. */
+  irqLine(gsi: number): GsiLine {
     return { set: (level) => this.setIrqLine(gsi, level) };
   }
 
   /** KVM_SIGNAL_MSI: an x86 MSI (address 0xFEE00000 | dest << 12, data = vector | mode). */
   signalMsi(address: number, data: number): void {
+    this.signalMsiChecked(address, data);
+  }
+
+  /** KVM_SIGNAL_MSI; returns the ioctl's result (1 delivered, 0 blocked, -1 error). */
+  signalMsiChecked(address: number, data: number): number {
     const S = KVM_STRUCT.kvm_msi;
     this.#msiView.setUint32(S.address_lo, address >>> 0, true);
     this.#msiView.setUint32(S.address_hi, 0, true);
     this.#msiView.setUint32(S.data, data >>> 0, true);
-    libc.ioctl_buf(this.#fd, req(KVM_IOCTL.KVM_SIGNAL_MSI), this.#msiBuf);
+    return libc.ioctl_buf(this.#fd, req(KVM_IOCTL.KVM_SIGNAL_MSI), this.#msiBuf);
   }
 }

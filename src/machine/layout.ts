@@ -97,10 +97,35 @@ export const IOAPIC_SIZE = 0x1000;
 export const LAPIC_START = 0xfee0_0000;
 /** Size of the local APIC register window. */
 export const LAPIC_SIZE = 0x1000;
-/** KVM's identity-map page for real-mode emulation on Intel (KVM_SET_IDENTITY_MAP_ADDR). */
-export const KVM_IDENTITY_MAP_START = 0xfffb_c000;
-/** KVM's 3-page TSS area for real-mode emulation on Intel (KVM_SET_TSS_ADDR). */
-export const KVM_TSS_START = 0xfffb_d000;
+/**
+ * KVM's identity-map page for real-mode emulation on Intel (KVM_SET_IDENTITY_MAP_ADDR). Where
+ * QEMU puts it: below 0xFF000000, so the 16 MiB under 4 GiB stay free for firmware flash.
+ */
+export const KVM_IDENTITY_MAP_START = 0xfeff_c000;
+/** KVM's 3-page TSS area for real-mode emulation on Intel (KVM_SET_TSS_ADDR), up to 0xFF000000. */
+export const KVM_TSS_START = 0xfeff_d000;
+/** Start of the firmware area under 4 GiB (flash/ROM); nothing else of ours sits above. */
+export const FIRMWARE_AREA_START = 0xff00_0000;
+
+// --- PCI windows (the PCI root's _CRS in the DSDT) ---
+
+/** 32-bit PCI MMIO window: from the hole start up to the VMBus low window. */
+export const PCI_LOW_MMIO_START: number = MMIO_HOLE_START;
+/** Size of the 32-bit PCI MMIO window. */
+export const PCI_LOW_MMIO_SIZE: number = VMBUS_LOW_MMIO_START - MMIO_HOLE_START;
+/** Size of the 64-bit PCI MMIO window, placed after the VMBus high window by `memory_map.ts`. */
+export const PCI_HIGH_MMIO_SIZE: number = 8 * GIB;
+/**
+ * PCI I/O windows: everything but the config ports 0xCF8-0xCFF and the Hyper-V doorbell ports
+ * 0x2001-0x27FF (kept out so no BAR lands on a doorbell).
+ */
+export const PCI_IO_WINDOWS: readonly { start: number; end: number }[] = [
+  { start: 0x0000, end: 0x0cf7 },
+  { start: 0x0d00, end: 0x1fff },
+  { start: 0x2800, end: 0xffff },
+];
+/** PIIX4 PM I/O block (PMBA): PM1a event/control at +0/+4, the PM timer at +8. */
+export const PM_IO_BASE = 0x600;
 
 // --- Legacy I/O ports and interrupts described by ACPI ---
 

@@ -14,6 +14,9 @@ import {
   HIMEM_START,
   MIB,
   MMIO_HOLE_START,
+  PCI_HIGH_MMIO_SIZE,
+  PCI_LOW_MMIO_SIZE,
+  PCI_LOW_MMIO_START,
   VMBUS_HIGH_MMIO_ALIGN,
   VMBUS_HIGH_MMIO_SIZE,
   VMBUS_LOW_MMIO_SIZE,
@@ -66,6 +69,8 @@ export interface MemoryMap {
   readonly e820: readonly E820Entry[];
   /** MMIO windows for the VMBus driver (`_CRS` of the DSDT's VMBus module): low, then high. */
   readonly vmbusMmio: readonly GpaRange[];
+  /** PCI MMIO windows (`_CRS` of the PCI root): below 4 GiB, then above the VMBus window. */
+  readonly pciMmio: { readonly low: GpaRange; readonly high: GpaRange };
 }
 
 function alignUp(value: number, align: number): number {
@@ -106,5 +111,12 @@ export function buildMemoryMap(ramBytes: number): MemoryMap {
     { gpa: VMBUS_LOW_MMIO_START, size: VMBUS_LOW_MMIO_SIZE },
     { gpa: highMmio, size: VMBUS_HIGH_MMIO_SIZE },
   ];
-  return { ramBytes, ram, lowRamEnd, ramEnd, e820, vmbusMmio };
+  const pciMmio = {
+    low: { gpa: PCI_LOW_MMIO_START, size: PCI_LOW_MMIO_SIZE },
+    high: {
+      gpa: alignUp(highMmio + VMBUS_HIGH_MMIO_SIZE, VMBUS_HIGH_MMIO_ALIGN),
+      size: PCI_HIGH_MMIO_SIZE,
+    },
+  };
+  return { ramBytes, ram, lowRamEnd, ramEnd, e820, vmbusMmio, pciMmio };
 }

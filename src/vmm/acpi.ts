@@ -4,7 +4,10 @@
  */
 import type { GuestMemory } from "../kvm/guest_memory.ts";
 import { buildAcpiTables } from "../machine/acpi/mod.ts";
+import { PCI_IO_WINDOWS } from "../machine/layout.ts";
 import type { MemoryMap } from "../machine/memory_map.ts";
+import { PIRQ_GSI_BASE } from "../machine/pci/piix.ts";
+import { vmbusAcpiNode } from "../vmbus/acpi.ts";
 
 /** Writes the ACPI tables into `memory`; returns the RSDP's guest address. */
 export function installAcpi(
@@ -13,7 +16,15 @@ export function installAcpi(
 ): number {
   const tables = buildAcpiTables({
     cpus: options.cpus,
-    vmbusMmio: options.vmbus ? options.map.vmbusMmio : undefined,
+    devices: options.vmbus ? [vmbusAcpiNode(options.map.vmbusMmio)] : [],
+    pmTimer: true,
+    pci: {
+      ioWindows: PCI_IO_WINDOWS,
+      mmio32: options.map.pciMmio.low,
+      mmio64: options.map.pciMmio.high,
+      // The PIIX swizzle: slot S pin P (0 = INTA) reaches PIRQ (S + P) mod 4.
+      gsiOf: (slot, pin) => PIRQ_GSI_BASE + ((slot + pin) & 3),
+    },
   });
   memory.write(tables.gpa, tables.bytes);
   return tables.rsdpAddress;

@@ -58,6 +58,28 @@ export interface VmConfig {
   shutdownTimeoutSeconds: number;
   /** Log level for every thread: error | warning | info | debug. */
   logLevel: string;
+  /** The display (`--display`): none, or a bochs-display offering this mode in its EDID. */
+  display: DisplaySpec;
+}
+
+/** `--display none | bochs[,WIDTHxHEIGHT]`. */
+export type DisplaySpec =
+  | { kind: "none" }
+  | { kind: "bochs"; width: number; height: number };
+
+/** Parses `--display none|bochs[,WxH]` (default mode 1024x768). */
+export function parseDisplay(text: string): DisplaySpec {
+  if (text === "none") return { kind: "none" };
+  const m = /^bochs(?:,(\d+)x(\d+))?$/.exec(text);
+  if (!m) throw new UsageError(`--display: '${text}' is not one of none, bochs, bochs,WxH`);
+  const width = m[1] ? Number(m[1]) : 1024;
+  const height = m[2] ? Number(m[2]) : 768;
+  if (width < 320 || width > 2560 || height < 200 || height > 1600 || width % 8 !== 0) {
+    throw new UsageError(
+      `--display: mode ${width}x${height} is outside 320x200..2560x1600 (width a multiple of 8)`,
+    );
+  }
+  return { kind: "bochs", width, height };
 }
 
 /** Largest vCPU count the machine supports (ACPI MADT, APIC ids). */

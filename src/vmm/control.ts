@@ -13,6 +13,8 @@
  * {"cmd":"type","text":"ls\n"}             → {"ok":true,"events":6,"route":"ps2"}
  * {"cmd":"pointer","x":16384,"y":8192,"buttons":1} → {"ok":true,"route":"synthetic"}
  * {"cmd":"input"}                          → {"ok":true,"keyRoute":"synthetic",…}
+ * {"cmd":"screendump","path":"FILE.png"}   → {"ok":true,"width":W,"height":H}
+ * {"cmd":"pci"}                            → {"ok":true,"devices":[PciDeviceStatus,…]}
  * ```
  *
  * `send-keys` takes space-separated combos of key names (`ctrl-alt-delete`, `shift-a b ret`);
@@ -21,6 +23,10 @@
  * given buttons (bit 0 left, 1 right, 2 middle). All go through the input router: the synthetic
  * keyboard and mouse once the guest's drivers connected, PS/2 before. `events` counts the key
  * transitions the route took (fewer than sent means the device dropped some).
+ *
+ * `screendump` writes the display's visible screen (`--display bochs`) as a PNG; it refuses
+ * while the guest has set no mode, and never overwrites anything but `path` itself. `pci`
+ * lists the functions on bus 0 with their BARs where the guest put them.
  *
  * `disks` lists the SCSI disks by LUN (an empty list without `--disk`), each as
  * `{"lun":0,"path":"disk.raw","format":"raw","readonly":false,"reads":n,"writes":n,
@@ -66,6 +72,28 @@ export interface ControlTarget {
   exits?: () => ExitSnapshot[];
   /** Channel doorbells KVM completed through eventfds this boot (`status`'s `doorbells`). */
   doorbells?: () => number;
+  /** Writes the screen to `path` as PNG (absent without a display); throws with the reason. */
+  screendump?: (path: string) => Promise<{ width: number; height: number }>;
+  /** The PCI functions (`pci`). */
+  pci?: () => PciDeviceStatus[];
+}
+
+/** One function in the `pci` reply. */
+export interface PciDeviceStatus {
+  /** "00:01.3". */
+  bdf: string;
+  /** Registry/board name ("i440fx", "bochs-display"). */
+  name: string;
+  vendor: string;
+  device: string;
+  /** Class code, subclass and prog-if ("0x030000"). */
+  class: string;
+  /** Implemented BARs: index, kind, size and where the guest mapped it (null: unmapped). */
+  bars: { index: number; kind: string; size: number; base: string | null }[];
+  /** INTx pin (A-D) and the IOAPIC GSI it reaches, or null. */
+  interrupt: { pin: string; gsi: number } | null;
+  /** MSI enabled by the guest. */
+  msi: boolean;
 }
 
 /** One disk in the `disks` reply. Counters count commands the backend completed successfully. */
@@ -192,6 +220,18 @@ export async function handleControlRequest(
         return target.input
           ? { ok: true, ...target.input.status() }
           : { ok: false, error: "this VM has no input devices" };
+      case "screendump": {
+        if (typeof req.path !== "string" || req.path === "") {
+          return { ok: false, error: "screendump needs a string path" };
+        }
+        if (!target.screendump) {
+          return { ok: false, error: "no display (start with --display bochs)" };
+        }
+        const size = await target.screendump(req.path);
+        return { ok: true, width: size.width, height: size.height };
+      }
+      case "pci":
+        return { ok: true, devices: target.pci?.() ?? [] };
       default:
         return { ok: false, error: `unknown cmd ${JSON.stringify(req.cmd)}` };
     }

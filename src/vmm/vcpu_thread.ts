@@ -5,7 +5,7 @@
  * whose state is shared through SharedArrayBuffers.
  * @module
  */
-import { eventfdSignal, libc } from "../../ffi/libc.ts";
+import { clockNs, eventfdSignal, libc } from "../../ffi/libc.ts";
 import type { CpuidEntry } from "../kvm/kvm.ts";
 import { EXIT, ExitCounters } from "../kvm/exit_counters.ts";
 import { GuestMemory } from "../kvm/guest_memory.ts";
@@ -18,26 +18,24 @@ import type { BootCpuState } from "../machine/page_tables.ts";
 import { SharedPowerControl } from "../machine/power.ts";
 import { getLogger, rateLimited } from "../util/log.ts";
 import { configureLogging } from "./logging.ts";
-import { attachPcDevices, type PcDeviceState } from "./pc_devices.ts";
-import {
-  HV_DOORBELL_FIRST,
-  HV_DOORBELL_LAST,
-  HV_HYPERCALL_PORT,
-  type HyperV,
-} from "../hyperv/mod.ts";
+import { vmbusOwnsConnection } from "../vmbus/mod.ts";
+import { attachPcDevices, framebufferMover, type PcDeviceState } from "./pc_devices.ts";
+import { HV_DOORBELL_FIRST, type HyperV } from "../hyperv/mod.ts";
 import {
   attachEnlightenments,
   attachVcpuTimers,
   type HvThreadInit,
   type VcpuTimers,
-} from "./enlightenments.ts";
+} from "../hyperv/host/enlightenments.ts";
 import {
   exitIn64BitMode,
+  HV_DOORBELL_DEVICE,
+  HV_HYPERCALL_DEVICE,
   isHypercallPageExit,
   raiseHypercallUd,
   VcpuHypercallRegs,
   VcpuTlbFlusher,
-} from "./hyperv_host.ts";
+} from "../hyperv/host/hyperv_host.ts";
 
 /** Everything a vCPU thread gets at start (structured-cloneable). */
 export interface VcpuThreadInit {
@@ -149,9 +147,14 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
       irq: (gsi) => interrupts.irqLine(gsi),
       power,
       serialOutput: serialFd >= 0 ? (bytes) => writeAll(serialFd, bytes) : () => {},
+      nowNs: () => clockNs(),
+      msi: interrupts,
+      vcpu: init.index,
+      ...(init.devices.display
+        ? { moveFramebuffer: framebufferMover(init.vmFd, init.devices.display) }
+        : {}),
     });
     const unhandled = rateLimited();
-    const pio = devices.pio;
     const flushSelf = () => vcpu.flushTlb();
     let hv: HyperV | undefined;
     const regs = new VcpuHypercallRegs(vcpu);
@@ -169,6 +172,7 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
         flusher: new VcpuTlbFlusher(init.index, controls, flushSelf),
         vp: init.index,
         callerLongMode: () => exitIn64BitMode(vcpu),
+        ownsConnection: vmbusOwnsConnection,
         onCrash: (report) => {
           Deno.stderr.writeSync(
             new TextEncoder().encode(`hyperdeno: guest crash: ${report.summary}\n`),
@@ -206,61 +210,60 @@ export function runVcpuThread(init: VcpuThreadInit): VcpuThreadResult {
       }
     };
 
-    const stop = runVcpu(vcpu, {
-      pio(port, write, data) {
-        if (
-          hv && write && port >= HV_DOORBELL_FIRST && port <= HV_DOORBELL_LAST &&
-          data.length === 4 && isHypercallPageExit(vcpu, hv.partition.hypercallMsr)
-        ) {
-          // A channel doorbell whose port has no eventfd: the fast HvSignalEvent it stands for.
-          counts[EXIT.doorbell]!++;
-          vcpu.regWords[REG.rax * 2] = hv.doorbell(port);
-          vcpu.regWords[REG.rax * 2 + 1] = 0;
-          vcpu.storeRegs();
-          return;
-        }
-        if (hv && port === HV_HYPERCALL_PORT && write) {
+    if (hv) {
+      const hvNow = hv;
+      const handlers = devices.handlers;
+      // The hypercall page's OUT: registers carry the call, not the data byte.
+      handlers[devices.registry.deviceId(HV_HYPERCALL_DEVICE)] = {
+        read: (_o, data) => void data.fill(0xff),
+        write() {
           counts[EXIT.hypercall]!++;
           regs.begin();
-          const r = hv.hypercall(index, regs);
-          if (r === "done") {
-            vcpu.storeRegs();
-            return;
-          }
-          if (r === "ud") {
-            refuseHypercall(hv);
-            return;
-          }
-        }
-        try {
-          const hit = write ? pio.write(port, data) : pio.read(port, data);
-          if (!hit) {
-            if (!write) data.fill(0xff);
-            unhandled((n) =>
-              log.debug("unhandled PIO {dir} port {port} ({suppressed} suppressed)", {
-                dir: write ? "out" : "in",
-                port: "0x" + port.toString(16),
-                suppressed: n,
-              })
-            );
-          }
-        } catch (e) {
-          unhandled(() =>
-            log.error("device error on port {port}: {error}", { port, error: String(e) })
+          const r = hvNow.hypercall(index, regs);
+          if (r === "done") vcpu.storeRegs();
+          else if (r === "ud") refuseHypercall(hvNow);
+        },
+      };
+      // A channel doorbell whose port has no eventfd: the fast HvSignalEvent it stands for.
+      handlers[devices.registry.deviceId(HV_DOORBELL_DEVICE)] = {
+        read: (_o, data) => void data.fill(0xff),
+        write(offset, data) {
+          if (data.length !== 4 || !isHypercallPageExit(vcpu, hvNow.partition.hypercallMsr)) return;
+          counts[EXIT.doorbell]!++;
+          vcpu.regWords[REG.rax * 2] = hvNow.doorbell(HV_DOORBELL_FIRST + offset);
+          vcpu.regWords[REG.rax * 2 + 1] = 0;
+          vcpu.storeRegs();
+        },
+      };
+    }
+    const dispatch = devices.dispatch;
+    const access = (space: "pio" | "mmio", addr: number, write: boolean, data: Uint8Array) => {
+      try {
+        if (!dispatch.access(space, addr, write, data)) {
+          unhandled((n) =>
+            log.debug("unhandled {space} {dir} {addr} ({suppressed} suppressed)", {
+              space,
+              dir: write ? "write" : "read",
+              addr: "0x" + addr.toString(16),
+              suppressed: n,
+            })
           );
-          if (!write) data.fill(0xff);
         }
-      },
-      mmio(address, write, data) {
-        if (!write) data.fill(0xff);
-        unhandled((n) =>
-          log.debug("unhandled MMIO {dir} {addr} ({suppressed} suppressed)", {
-            dir: write ? "write" : "read",
-            addr: "0x" + address.toString(16),
-            suppressed: n,
+      } catch (e) {
+        unhandled(() =>
+          log.error("device error at {space} {addr}: {error}", {
+            space,
+            addr: "0x" + addr.toString(16),
+            error: String(e),
           })
         );
-      },
+        if (!write) data.fill(0xff);
+      }
+    };
+
+    const stop = runVcpu(vcpu, {
+      pio: (port, write, data) => access("pio", port, write, data),
+      mmio: (address, write, data) => access("mmio", address, write, data),
       rdmsr: (msr) => hv?.rdmsr(index, msr),
       wrmsr: (msr, value) => {
         exits.msrWrite(msr);

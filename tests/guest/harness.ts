@@ -156,6 +156,9 @@ export function vmmCommand(
   const extra = boot.vmmArgs ?? [];
   const noReboot = boot.noReboot ?? true;
   if (vmm === "hyperdeno") {
+    // `HYPERDENO_GUEST_VMM_ARGS="--display bochs"` runs every guest test with extra VMM flags
+    // (the suite's A/B runs: with and without a display).
+    const env = (Deno.env.get("HYPERDENO_GUEST_VMM_ARGS") ?? "").split(" ").filter((a) => a);
     return [
       Deno.execPath(),
       "run",
@@ -175,6 +178,8 @@ export function vmmCommand(
       "--serial",
       "stdio",
       ...(noReboot && !extra.includes("--no-reboot") ? ["--no-reboot"] : []),
+      // A test that sets one of these flags itself keeps its own.
+      ...(env.some((a) => a.startsWith("--") && extra.includes(a)) ? [] : env),
       ...extra,
     ];
   }

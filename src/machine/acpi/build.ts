@@ -30,8 +30,7 @@ import {
   RSDP_ADDR,
   SCI_IRQ,
 } from "../layout.ts";
-import type { GpaRange } from "../memory_map.ts";
-import { buildDsdt } from "./dsdt.ts";
+import { buildDsdt, type PciRootOptions } from "./dsdt.ts";
 import {
   buildFacs,
   buildFadt,
@@ -49,14 +48,16 @@ import {
 export interface AcpiOptions {
   /** Number of vCPUs (1-255). */
   readonly cpus: number;
-  /** VMBus MMIO windows (`MemoryMap.vmbusMmio`); absent for no VMBus device node. */
-  readonly vmbusMmio?: readonly GpaRange[] | undefined;
+  /** More `\_SB` device nodes as AML, from the layers that own them (VMBus). */
+  readonly devices?: readonly Uint8Array[] | undefined;
   /** COM1 at 0x3F8/IRQ 4 in the DSDT (default true). */
   readonly serial?: boolean;
   /** i8042 at 0x60/0x64/IRQ 1: FADT 8042 flag and a PNP0303 node (default true). */
   readonly i8042?: boolean;
   /** The machine emulates the CMOS RTC at 0x70 (default true; false sets "CMOS RTC not present"). */
   readonly rtc?: boolean;
+  /** The PCI root bridge (`PNP0A03` with `_CRS` and `_PRT`); absent for none. */
+  readonly pci?: PciRootOptions | undefined;
   /** The machine emulates the ACPI PM timer at `PM_TMR_PORT` (default false). */
   readonly pmTimer?: boolean;
   /** ACPI power button device PNP0C0C in the DSDT (default true). */
@@ -118,7 +119,8 @@ export function buildAcpiTables(options: AcpiOptions): AcpiTables {
         : undefined,
       powerButton: options.powerButton ?? true,
       s5SlpTyp: ACPI_S5_SLP_TYP,
-      vmbusMmio: options.vmbusMmio,
+      devices: options.devices,
+      pci: options.pci,
     }),
     16,
   );

@@ -6,18 +6,19 @@
  *   Device (COM1) { _HID EISAID("PNP0501"), _UID 1, _CRS { IO 0x3F8/8, IRQNoFlags {4} } }
  *   Device (PS2K) { _HID EISAID("PNP0303"), _CRS { IO 0x60/1, IO 0x64/1, IRQNoFlags {1} } }
  *   Device (PWRB) { _HID EISAID("PNP0C0C"), _UID 0 }
- *   Device (VMOD) {                                   // only with VMBus
- *     _HID "ACPI0004", _UID 0,
- *     _CRS { DWordMemory (low window), QWordMemory (high window) }
- *     Device (VMBS) { _HID "VMBus", _UID 0, _STA 0x0F, _CRS {} }
+ *   Device (PCI0) {                                   // with a PCI root
+ *     _HID EISAID("PNP0A03"), _UID 0, _ADR 0, _BBN 0,
+ *     _CRS { WordBusNumber 0-255, IO 0xCF8/8, WordIO (each I/O window),
+ *            DWordMemory (32-bit window), QWordMemory (64-bit window) }
+ *     _PRT { Package { 0xDDDDFFFF, pin, 0, gsi } ... }  // every slot x INTA-D
  *   }
+ *   ...                                               // `devices` from upper layers
  * }
  * Name (\_S5, Package () { 5, 5, 0, 0 })              // SLP_TYP for soft-off
  * ```
  *
- * VMBus follows Hyper-V generation 2 and Linux's `vmbus_acpi_add()`: the driver matches _HID
- * "VMBus", walks the device's own _CRS (which must exist; it is empty here), then its ancestors'
- * _CRS for Address32/Address64 descriptors, which become the MMIO pool it allocates from.
+ * Devices of upper layers (the VMBus node: `src/vmbus/acpi.ts`) come in as AML terms, so this
+ * layer knows nothing about them.
  * @module
  */
 import {
@@ -33,7 +34,8 @@ import {
   qwordMemory,
   resourceTemplate,
   scope,
-  string,
+  wordBusNumber,
+  wordIo,
 } from "./aml.ts";
 import { tableWithBody } from "./tables.ts";
 import type { GpaRange } from "../memory_map.ts";
@@ -50,28 +52,55 @@ export interface DsdtOptions {
   readonly powerButton?: boolean;
   /** SLP_TYP value for `\_S5` (soft-off). */
   readonly s5SlpTyp: number;
-  /** VMBus MMIO windows (below 4 GiB first); absent for no VMBus node. */
-  readonly vmbusMmio?: readonly GpaRange[] | undefined;
+  /** The PCI root bridge; absent for none. */
+  readonly pci?: PciRootOptions | undefined;
+  /** More `\_SB` devices, as AML, from the layers that own them (the VMBus node). */
+  readonly devices?: readonly Uint8Array[] | undefined;
 }
 
-const FOUR_GIB = 0x1_0000_0000;
+/** What the PCI root's `_CRS` and `_PRT` say. */
+export interface PciRootOptions {
+  /** I/O port windows, inclusive ends. */
+  readonly ioWindows: readonly { readonly start: number; readonly end: number }[];
+  /** The 32-bit MMIO window. */
+  readonly mmio32: GpaRange;
+  /** The 64-bit MMIO window. */
+  readonly mmio64: GpaRange;
+  /** IOAPIC GSI of slot `slot`'s pin `pin` (0 = INTA): the board's PIRQ swizzle. */
+  readonly gsiOf: (slot: number, pin: number) => number;
+}
 
-function vmbusNodes(windows: readonly GpaRange[]): Uint8Array {
-  const ranges = windows.map((w) =>
-    w.gpa + w.size <= FOUR_GIB ? dwordMemory(w.gpa, w.size) : qwordMemory(w.gpa, w.size)
-  );
+function pciRoot(o: PciRootOptions): Uint8Array {
+  const prt: Uint8Array[] = [];
+  for (let slot = 0; slot < 32; slot++) {
+    for (let pin = 0; pin < 4; pin++) {
+      prt.push(
+        pkg(
+          integer(slot * 0x1_0000 + 0xffff),
+          integer(pin),
+          integer(0),
+          integer(o.gsiOf(slot, pin)),
+        ),
+      );
+    }
+  }
   return device(
-    "VMOD",
-    name("_HID", string("ACPI0004")),
+    "PCI0",
+    name("_HID", eisaId("PNP0A03")),
     name("_UID", integer(0)),
-    name("_CRS", resourceTemplate(...ranges)),
-    device(
-      "VMBS",
-      name("_HID", string("VMBus")),
-      name("_UID", integer(0)),
-      name("_STA", integer(0x0f)),
-      name("_CRS", resourceTemplate()),
+    name("_ADR", integer(0)),
+    name("_BBN", integer(0)),
+    name(
+      "_CRS",
+      resourceTemplate(
+        wordBusNumber(0, 256),
+        io(0xcf8, 0xcf8, 1, 8),
+        ...o.ioWindows.map((w) => wordIo(w.start, w.end - w.start + 1)),
+        dwordMemory(o.mmio32.gpa, o.mmio32.size, { cacheable: "noncacheable" }),
+        qwordMemory(o.mmio64.gpa, o.mmio64.size, { cacheable: "noncacheable" }),
+      ),
     ),
+    name("_PRT", pkg(...prt)),
   );
 }
 
@@ -104,7 +133,8 @@ export function buildDsdtAml(o: DsdtOptions): Uint8Array {
   if (o.powerButton) {
     sb.push(device("PWRB", name("_HID", eisaId("PNP0C0C")), name("_UID", integer(0))));
   }
-  if (o.vmbusMmio && o.vmbusMmio.length > 0) sb.push(vmbusNodes(o.vmbusMmio));
+  if (o.pci) sb.push(pciRoot(o.pci));
+  for (const d of o.devices ?? []) sb.push(d);
   const s5 = pkg(integer(o.s5SlpTyp), integer(o.s5SlpTyp), integer(0), integer(0));
   return concat(scope("\\_SB", ...sb), name("\\_S5", s5));
 }

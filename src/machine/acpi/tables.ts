@@ -301,7 +301,7 @@ export interface FadtOptions {
   readonly pm1aEvtPort: number;
   /** PM1a control block port (2 bytes). */
   readonly pm1aCntPort: number;
-  /** PM timer port (4 bytes, 32-bit timer), or 0 for none. */
+  /** PM timer port (4 bytes, 24-bit timer), or 0 for none. */
   readonly pmTimerPort: number;
   /** Reset register I/O port and the value that resets. */
   readonly reset: { readonly port: number; readonly value: number };
@@ -317,8 +317,8 @@ export interface FadtOptions {
  * only, a fixed-feature power button, no sleep button.
  */
 export function buildFadt(o: FadtOptions): Uint8Array {
-  let flags = FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_FIX_RTC | FADT_RESET_REG_SUP;
-  if (o.pmTimerPort) flags |= FADT_TMR_VAL_EXT;
+  const flags = FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_FIX_RTC | FADT_RESET_REG_SUP;
+  // The PM timer is 24 bits wide (PIIX4): TMR_VAL_EXT stays clear.
   const t = FADT.encode({
     firmware_ctrl: o.facs,
     dsdt: o.dsdt,

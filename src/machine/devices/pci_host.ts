@@ -1,13 +1,9 @@
 /**
- * PCI configuration mechanism #1 (ports 0xCF8-0xCFF) with a lone host bridge at 00:00.0, so a
- * guest that scans PCI finds a sane, empty bus: offset 0 is CONFIG_ADDRESS (dword accesses only),
- * offsets 4-7 are CONFIG_DATA (byte, word or dword, at any byte lane). Every other
- * bus/device/function reads all-ones, the PCI "nothing here" answer.
- *
- * The host bridge is an Intel 82G33 MCH (0x8086:0x29C0, what QEMU's q35 shows): header type 0,
- * class 0x060000, no BARs, no capabilities. Its config space lives in shared memory; writes
- * reach only the registers a driver may legitimately program (command, cache line size,
- * latency timer, interrupt line) and are dropped elsewhere.
+ * PCI configuration mechanism #1 (ports 0xCF8-0xCFF): offset 0 is CONFIG_ADDRESS (dword accesses
+ * only), offsets 4-7 are CONFIG_DATA (byte, word or dword, at any byte lane). A config cycle goes
+ * to the {@linkcode PciFunction} at that bus 0 device/function; every other bus/device/function
+ * reads all-ones, the PCI "nothing here" answer, and drops writes. An access at CONFIG_DATA that
+ * runs past 0xCFF is cut at the dword end (the rest floats).
  *
  * Non-dword accesses at offsets 0-3 are not CONFIG_ADDRESS: a byte at offset 1 (port 0xCF9) goes
  * to the `resetControl` device when one is given, the rest float to 0xFF and drop (this is also
@@ -15,6 +11,7 @@
  * @module
  */
 import type { BusDevice } from "../bus.ts";
+import type { PciFunction } from "../pci/function.ts";
 
 /** Offset of CONFIG_ADDRESS (port 0xCF8). */
 export const PCI_CONFIG_ADDRESS = 0;
@@ -22,65 +19,44 @@ export const PCI_CONFIG_ADDRESS = 0;
 export const PCI_CONFIG_DATA = 4;
 /** Length of the decoded window (0xCF8-0xCFF). */
 export const PCI_HOST_PORT_COUNT = 8;
-/** Host bridge vendor ID (Intel). */
-export const HOST_BRIDGE_VENDOR_ID = 0x8086;
-/** Host bridge device ID (82G33/P35 MCH). */
-export const HOST_BRIDGE_DEVICE_ID = 0x29c0;
-/** Host bridge class code: bridge / host bridge / prog-if 0. */
-export const HOST_BRIDGE_CLASS = 0x060000;
 
 /** CONFIG_ADDRESS enable bit. */
 export const CONFIG_ENABLE = 0x8000_0000;
 const CONFIG_RESERVED = 0x7f00_0000; // must be 0 (AMD's extended-register bits included)
-const CONFIG_SIZE = 256;
 
 const S_ADDRESS = 0;
-const CONFIG_OFFSET = 4;
-
-/** Bits the guest may change in the host bridge's config space, per byte. */
-const WRITE_MASK = new Uint8Array(CONFIG_SIZE);
-WRITE_MASK[0x04] = 0x07; // command: I/O, memory, bus master enable
-WRITE_MASK[0x05] = 0x04; // command: INTx disable
-WRITE_MASK[0x0c] = 0xff; // cache line size
-WRITE_MASK[0x0d] = 0xff; // latency timer
-WRITE_MASK[0x3c] = 0xff; // interrupt line (scratch for software)
 
 /** Per-thread wiring of a {@linkcode PciHost}. */
 export interface PciHostOptions {
   /** Receives byte accesses to port 0xCF9 (offset 1), at its offset 0: the reset register. */
   resetControl?: BusDevice;
+  /** This thread's functions on bus 0, by devfn (device << 3 | function). */
+  functions?: ReadonlyMap<number, PciFunction>;
 }
 
 /** The PCI configuration window over shared state; a {@linkcode BusDevice} of 8 ports. */
 export class PciHost implements BusDevice {
   readonly #s: Int32Array;
-  readonly #config: Uint8Array;
   readonly #resetControl: BusDevice | undefined;
+  readonly #functions: ReadonlyMap<number, PciFunction>;
 
-  /** Creates the shared state: address latch 0 and the host bridge's config space. */
+  /** Creates the shared state: the address latch. */
   static createState(): SharedArrayBuffer {
-    const sab = new SharedArrayBuffer(CONFIG_OFFSET + CONFIG_SIZE);
-    const cfg = new DataView(sab, CONFIG_OFFSET, CONFIG_SIZE);
-    cfg.setUint16(0x00, HOST_BRIDGE_VENDOR_ID, true);
-    cfg.setUint16(0x02, HOST_BRIDGE_DEVICE_ID, true);
-    cfg.setUint16(0x04, 0x0006, true); // memory decode + bus master, as firmware leaves it
-    cfg.setUint32(0x08, HOST_BRIDGE_CLASS << 8, true); // revision 0
-    cfg.setUint8(0x0e, 0x00); // header type 0, single function
-    return sab;
+    return new SharedArrayBuffer(4);
   }
 
   /** Builds this thread's view of the window in `state`. */
   constructor(state: SharedArrayBuffer, options: PciHostOptions = {}) {
     this.#s = new Int32Array(state, 0, 1);
-    this.#config = new Uint8Array(state, CONFIG_OFFSET, CONFIG_SIZE);
     this.#resetControl = options.resetControl;
+    this.#functions = options.functions ?? new Map();
   }
 
   /** Guest read of CONFIG_ADDRESS (dword) or CONFIG_DATA (any lane). */
   read(offset: number, data: Uint8Array): void {
     if (offset < PCI_CONFIG_DATA) {
       if (offset === PCI_CONFIG_ADDRESS && data.length === 4) {
-        const a = this.#s[S_ADDRESS]!;
+        const a = Atomics.load(this.#s, S_ADDRESS);
         data[0] = a;
         data[1] = a >>> 8;
         data[2] = a >>> 16;
@@ -92,12 +68,13 @@ export class PciHost implements BusDevice {
       }
       return;
     }
-    const address = this.#s[S_ADDRESS]! >>> 0;
-    for (let i = 0; i < data.length; i++) {
-      const lane = offset - PCI_CONFIG_DATA + i;
-      const reg = this.#hostBridgeReg(address, lane);
-      data[i] = reg < 0 ? 0xff : this.#config[reg]!;
-    }
+    data.fill(0xff);
+    const lane = offset - PCI_CONFIG_DATA;
+    const fn = this.#target();
+    if (!fn || lane >= 4) return;
+    const n = Math.min(data.length, 4 - lane);
+    const reg = (Atomics.load(this.#s, S_ADDRESS) & 0xfc) + lane;
+    fn.configRead(reg, data.subarray(0, n));
   }
 
   /** Guest write of CONFIG_ADDRESS (dword) or CONFIG_DATA (any lane). */
@@ -105,27 +82,29 @@ export class PciHost implements BusDevice {
     if (offset < PCI_CONFIG_DATA) {
       if (offset === PCI_CONFIG_ADDRESS && data.length === 4) {
         // Bits 1:0 are reserved and read back 0.
-        this.#s[S_ADDRESS] = (data[0]! | (data[1]! << 8) | (data[2]! << 16) | (data[3]! << 24)) &
-          ~0x3;
+        Atomics.store(
+          this.#s,
+          S_ADDRESS,
+          (data[0]! | (data[1]! << 8) | (data[2]! << 16) | (data[3]! << 24)) & ~0x3,
+        );
       } else if (offset === 1 && data.length === 1 && this.#resetControl) {
         this.#resetControl.write(0, data);
       }
       return;
     }
-    const address = this.#s[S_ADDRESS]! >>> 0;
-    for (let i = 0; i < data.length; i++) {
-      const lane = offset - PCI_CONFIG_DATA + i;
-      const reg = this.#hostBridgeReg(address, lane);
-      if (reg < 0) continue; // absent function: writes vanish
-      const mask = WRITE_MASK[reg]!;
-      this.#config[reg] = (this.#config[reg]! & ~mask) | (data[i]! & mask);
-    }
+    const lane = offset - PCI_CONFIG_DATA;
+    const fn = this.#target();
+    if (!fn || lane >= 4) return;
+    const n = Math.min(data.length, 4 - lane);
+    const reg = (Atomics.load(this.#s, S_ADDRESS) & 0xfc) + lane;
+    fn.configWrite(reg, data.subarray(0, n));
   }
 
-  /** Config-space byte addressed by `address` + data lane, or -1 when not the host bridge. */
-  #hostBridgeReg(address: number, lane: number): number {
-    if (lane >= 4 || !(address & CONFIG_ENABLE) || address & CONFIG_RESERVED) return -1;
-    if ((address >>> 8) & 0xffff) return -1; // bus 0, device 0, function 0 only
-    return (address & 0xfc) + lane;
+  /** The function CONFIG_ADDRESS selects, or undefined. */
+  #target(): PciFunction | undefined {
+    const address = Atomics.load(this.#s, S_ADDRESS) >>> 0;
+    if (!(address & CONFIG_ENABLE) || address & CONFIG_RESERVED) return undefined;
+    if ((address >>> 16) & 0xff) return undefined; // bus 0 only
+    return this.#functions.get((address >>> 8) & 0xff);
   }
 }

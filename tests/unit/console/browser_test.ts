@@ -51,9 +51,7 @@ class Cdp {
       this.#pending.set(
         id,
         (m) =>
-          m.error
-            ? reject(new Error(JSON.stringify(m.error)))
-            : resolve(m.result as CdpResult),
+          m.error ? reject(new Error(JSON.stringify(m.error))) : resolve(m.result as CdpResult),
       );
     });
   }

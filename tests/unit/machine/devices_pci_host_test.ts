@@ -1,12 +1,13 @@
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
 import { Bus } from "../../../src/machine/bus.ts";
 import type { PowerControl } from "../../../src/machine/power.ts";
-import {
-  HOST_BRIDGE_DEVICE_ID,
-  HOST_BRIDGE_VENDOR_ID,
-  PCI_HOST_PORT_COUNT,
-  PciHost,
-} from "../../../src/machine/devices/pci_host.ts";
+import { PCI_HOST_PORT_COUNT, PciHost } from "../../../src/machine/devices/pci_host.ts";
+import { PciFunction } from "../../../src/machine/pci/function.ts";
+import { I440FX_SPEC } from "../../../src/machine/pci/piix.ts";
+import { DeviceRegistry } from "../../../src/machine/registry.ts";
+
+const HOST_BRIDGE_VENDOR_ID = 0x8086;
+const HOST_BRIDGE_DEVICE_ID = 0x1237;
 import { ResetPort } from "../../../src/machine/devices/reset_port.ts";
 import { DebugPort } from "../../../src/machine/devices/debug_port.ts";
 
@@ -22,11 +23,19 @@ class FakePower implements PowerControl {
 }
 
 /** The PC wiring: the window at 0xCF8 on a port bus, 0xCF9 forwarded to the reset register. */
-function makeMachine(state = PciHost.createState()) {
+function makeMachine(
+  state = { host: PciHost.createState(), bridge: PciFunction.createState(I440FX_SPEC) },
+) {
   const power = new FakePower();
   const reset = new ResetPort(ResetPort.createState(), { power });
   const bus = new Bus("pio");
-  bus.insert(0xcf8, PCI_HOST_PORT_COUNT, new PciHost(state, { resetControl: reset }), "pci-cfg");
+  const bridge = new PciFunction(state.bridge, I440FX_SPEC, { registry: DeviceRegistry.create() });
+  bus.insert(
+    0xcf8,
+    PCI_HOST_PORT_COUNT,
+    new PciHost(state.host, { resetControl: reset, functions: new Map([[0, bridge]]) }),
+    "pci-cfg",
+  );
   const io = (port: number, size: number, value?: number): number => {
     const b = new Uint8Array(size);
     if (value !== undefined) {
@@ -56,13 +65,14 @@ Deno.test("pci-host: host bridge IDs through CF8/CFC", () => {
   const { cfgRead } = makeMachine();
   strictEqual(cfgRead(0, 0x00, 4), (HOST_BRIDGE_DEVICE_ID << 16) | HOST_BRIDGE_VENDOR_ID);
   strictEqual(cfgRead(0, 0x00, 2), 0x8086);
-  strictEqual(cfgRead(0, 0x02, 2), 0x29c0); // word at CFE
+  strictEqual(cfgRead(0, 0x02, 2), 0x1237); // word at CFE
   strictEqual(cfgRead(0, 0x01, 1), 0x80); // byte at CFD
-  strictEqual(cfgRead(0, 0x03, 1), 0x29); // byte at CFF
+  strictEqual(cfgRead(0, 0x03, 1), 0x12); // byte at CFF
   strictEqual(cfgRead(0, 0x08, 4) >>> 8, 0x060000); // class: host bridge
   strictEqual(cfgRead(0, 0x0a, 2), 0x0600); // what Linux's pci_sanity_check reads
   strictEqual(cfgRead(0, 0x0e, 1), 0x00); // header type 0
   strictEqual(cfgRead(0, 0x10, 4), 0); // no BARs
+  strictEqual(cfgRead(0, 0x2c, 4), 0x1100_1af4); // subsystem, as SeaBIOS expects
   strictEqual(cfgRead(0, 0xfc, 4), 0);
 });
 
@@ -100,7 +110,7 @@ Deno.test("pci-host: CONFIG_ADDRESS is dword-only and reads back (Linux type 1 p
 Deno.test("pci-host: only defined registers are writable", () => {
   const { cfgRead, cfgWrite } = makeMachine();
   cfgWrite(0, 0x00, 4, 0x1234_5678);
-  strictEqual(cfgRead(0, 0x00, 4), 0x29c0_8086);
+  strictEqual(cfgRead(0, 0x00, 4), 0x1237_8086);
   cfgWrite(0, 0x04, 2, 0xffff);
   strictEqual(cfgRead(0, 0x04, 2), 0x0407);
   cfgWrite(0, 0x04, 2, 0x0000);

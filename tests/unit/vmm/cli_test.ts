@@ -13,6 +13,17 @@ Deno.test("boot arguments: defaults and values", () => {
   assert.equal(c.initrdPath, undefined);
   assert.deepEqual(c.serial, { kind: "stdio" });
   assert.equal(c.hv, "all");
+  assert.deepEqual(c.display, { kind: "none" });
+  assert.deepEqual(parseBootArgs(["--kernel", "k", "--display", "bochs"]).display, {
+    kind: "bochs",
+    width: 1024,
+    height: 768,
+  });
+  assert.deepEqual(parseBootArgs(["--kernel", "k", "--display", "bochs,800x600"]).display, {
+    kind: "bochs",
+    width: 800,
+    height: 600,
+  });
 });
 
 const BAD: [string[], RegExp][] = [
@@ -31,6 +42,9 @@ const BAD: [string[], RegExp][] = [
   [["--kernel", "k", "--disk", "path=/x,format=vmdk"], /format/],
   [["--kernel", "k", "--shutdown-timeout", "soon"], /--shutdown-timeout/],
   [["--kernel", "k", "--rtc-offset", "yesterday"], /--rtc-offset/],
+  [["--kernel", "k", "--display", "vga"], /--display: 'vga' is not one of none, bochs/],
+  [["--kernel", "k", "--display", "bochs,9000x600"], /--display: mode 9000x600 is outside/],
+  [["--kernel", "k", "--display", "bochs,801x600"], /multiple of 8/],
 ];
 for (const [args, re] of BAD) {
   Deno.test(`boot arguments rejected: ${args.join(" ") || "(none)"}`, () => {

@@ -17,6 +17,34 @@ const target: ControlTarget = {
   scsi: undefined,
 };
 
+Deno.test("control requests: screendump needs a path and a display; pci lists functions", async () => {
+  assert.match(
+    String((await handleControlRequest('{"cmd":"screendump"}', target)).error),
+    /needs a string path/,
+  );
+  assert.match(
+    String((await handleControlRequest('{"cmd":"screendump","path":"/tmp/x.png"}', target)).error),
+    /no display \(start with --display bochs\)/,
+  );
+  const shown = {
+    ...target,
+    screendump: (p: string) => Promise.resolve({ width: p.length, height: 2 }),
+  };
+  assert.deepEqual(
+    await handleControlRequest('{"cmd":"screendump","path":"abc"}', shown),
+    { ok: true, width: 3, height: 2 },
+  );
+  const failing = {
+    ...target,
+    screendump: () => Promise.reject(new Error("screendump: the display is off (no mode set)")),
+  };
+  assert.deepEqual(await handleControlRequest('{"cmd":"screendump","path":"a"}', failing), {
+    ok: false,
+    error: "screendump: the display is off (no mode set)",
+  });
+  assert.deepEqual(await handleControlRequest('{"cmd":"pci"}', target), { ok: true, devices: [] });
+});
+
 Deno.test("control requests: status, unknown, malformed, no VM, no VMBus", async () => {
   assert.deepEqual(await handleControlRequest('{"cmd":"status"}', target), {
     ok: true,

@@ -6,9 +6,9 @@ import {
   bindDoorbells,
   DOORBELL_EVENTFDS,
   doorbellEventfdsFromEnv,
-} from "../../../src/vmm/doorbells.ts";
+} from "../../../src/vmbus/doorbells.ts";
 import { UsageError } from "../../../src/util/errors.ts";
-import { EventLoop } from "../../../src/vmm/event_loop.ts";
+import { EventLoop } from "../../../src/util/event_loop.ts";
 
 /** A VM whose KVM_IOEVENTFD records its bindings and refuses after `accept` of them. */
 function fakeVm(accept: number) {

@@ -17,9 +17,9 @@
  * allowed on the command line) gets the wildcard address so the kernel picks the interface.
  * @module
  */
-import { C, ERRNO, errno, libc, SysError, udpSocket } from "../../ffi/libc.ts";
-import type { DebugSendResult, DebugTransport } from "../hyperv/mod.ts";
-import { getLogger, rateLimited } from "../util/log.ts";
+import { C, ERRNO, errno, libc, SysError, udpSocket } from "../../../ffi/libc.ts";
+import type { DebugSendResult, DebugTransport } from "../mod.ts";
+import { getLogger, rateLimited } from "../../util/log.ts";
 
 /** An IPv4 endpoint: host-order address and port. */
 export interface UdpEndpoint {

@@ -6,13 +6,13 @@
  * debugger's pending flag (its UDP socket, edge-triggered).
  * @module
  */
-import { C, close, eventfd, eventfdDrain, eventfdSignal } from "../../ffi/libc.ts";
-import type { GuestMemory } from "../kvm/guest_memory.ts";
-import type { CpuidEntry } from "../kvm/kvm.ts";
-import { rdtsc } from "../kvm/tsc.ts";
-import type { Vcpu } from "../kvm/vcpu.ts";
-import type { VmInterrupts } from "../kvm/vm.ts";
-import type { Vm } from "../kvm/vm.ts";
+import { C, close, eventfd, eventfdDrain, eventfdSignal } from "../../../ffi/libc.ts";
+import type { GuestMemory } from "../../kvm/guest_memory.ts";
+import type { CpuidEntry } from "../../kvm/kvm.ts";
+import { rdtsc } from "../../kvm/tsc.ts";
+import type { Vcpu } from "../../kvm/vcpu.ts";
+import type { VmInterrupts } from "../../kvm/vm.ts";
+import type { Vm } from "../../kvm/vm.ts";
 import {
   cpuidHasInvariantTsc,
   type GuestCrashReport,
@@ -24,10 +24,9 @@ import {
   type HyperVState,
   patchCpuid,
   type TlbFlusher,
-} from "../hyperv/mod.ts";
-import type { PowerControl } from "../machine/power.ts";
-import type { EventLoop } from "./event_loop.ts";
-import { vmbusOwnsConnection } from "../vmbus/mod.ts";
+} from "../mod.ts";
+import type { PowerControl } from "../../machine/power.ts";
+import type { EventLoop } from "../../util/event_loop.ts";
 import {
   createHostBridgeState,
   HostBridgeReceiver,
@@ -174,6 +173,8 @@ export function attachEnlightenments(init: HvThreadInit, deps: {
   onCrash: (report: GuestCrashReport) => void;
   /** Whether the vCPU is in 64-bit mode at its current exit (picks the hypercall page). */
   callerLongMode: () => boolean;
+  /** Connection ids the VMBus host serves (posted to the main thread, not answered here). */
+  ownsConnection: (connectionId: number, kind: "message" | "event") => boolean;
 }): HyperV {
   const hv: HyperV = new HyperV(init.state, {
     memory: deps.memory,
@@ -187,7 +188,7 @@ export function attachEnlightenments(init: HvThreadInit, deps: {
     crashSink: deps.onCrash,
     callerLongMode: deps.callerLongMode,
     ...(init.bridge
-      ? { bridge: new VcpuHostBridge(init.bridge, deps.vp, vmbusOwnsConnection) }
+      ? { bridge: new VcpuHostBridge(init.bridge, deps.vp, deps.ownsConnection) }
       : {}),
     ...(init.syndbg ? { debugTransport: debugTransport(init.syndbg) } : {}),
   });

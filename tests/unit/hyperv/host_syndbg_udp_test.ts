@@ -3,8 +3,8 @@
  * memory over an ArrayBuffer, MSR writes and hypercall blocks) on one side, a socket playing the
  * kernel debugger on the other.
  */
-import { assert, assertEquals, assertFalse } from "../hyperv/assert.ts";
-import { makeRig, type Rig } from "../hyperv/fakes.ts";
+import { assert, assertEquals, assertFalse } from "./assert.ts";
+import { makeRig, type Rig } from "./fakes.ts";
 import {
   C,
   close,
@@ -17,8 +17,8 @@ import {
 import { parseHvFeatures } from "../../../src/hyperv/features.ts";
 import { parseUdpFrame, RAW_FRAME_HEADER_BYTES } from "../../../src/hyperv/syndbg.ts";
 import * as T from "../../../src/hyperv/tlfs.ts";
-import { EventLoop } from "../../../src/vmm/event_loop.ts";
-import { openDebugSocket, UdpDebugTransport } from "../../../src/vmm/syndbg_udp.ts";
+import { EventLoop } from "../../../src/util/event_loop.ts";
+import { openDebugSocket, UdpDebugTransport } from "../../../src/hyperv/host/syndbg_udp.ts";
 
 const LOOPBACK = C.INADDR_LOOPBACK;
 const SEND = 0x20000;

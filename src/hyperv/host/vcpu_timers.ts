@@ -15,9 +15,9 @@
  * `timer_settime` per cancel (Linux cancels and re-arms STIMER0 on every COUNT write).
  * @module
  */
-import { C, check, libc } from "../../ffi/libc.ts";
-import type { TimerScheduler } from "../hyperv/mod.ts";
-import { lockAcquire, lockRelease } from "../util/shared_lock.ts";
+import { C, check, libc } from "../../../ffi/libc.ts";
+import type { TimerScheduler } from "../mod.ts";
+import { lockAcquire, lockRelease } from "../../util/shared_lock.ts";
 
 const TIMERS_PER_VP = 4;
 const DISARMED = -1n;

@@ -4,21 +4,44 @@
  * hypercall registers over the vCPU's sync regs, #UD for refused hypercalls, and the crash sink.
  * @module
  */
-import { C, clockNs } from "../../ffi/libc.ts";
-import { GuestTsc } from "../kvm/tsc.ts";
-import { REG, type Vcpu, VCPU_MODE } from "../kvm/vcpu.ts";
-import { VCPU_REQUEST, type VcpuControl } from "../kvm/vcpu_control.ts";
+import { C, clockNs } from "../../../ffi/libc.ts";
+import { GuestTsc } from "../../kvm/tsc.ts";
+import { REG, type Vcpu, VCPU_MODE } from "../../kvm/vcpu.ts";
+import { VCPU_REQUEST, type VcpuControl } from "../../kvm/vcpu_control.ts";
+import type { DeviceRegistry } from "../../machine/registry.ts";
 import {
   type GuestClock,
+  HV_DOORBELL_FIRST,
+  HV_DOORBELL_LAST,
+  HV_HYPERCALL_PORT,
   HYPERCALL_OUT_OFFSET,
   HYPERCALL_OUT_OFFSET_LONG_MODE,
   type HypercallGpr,
   type HypercallRegs,
   type TlbFlusher,
-} from "../hyperv/mod.ts";
-import { getLogger, rateLimited } from "../util/log.ts";
+} from "../mod.ts";
+import { getLogger, rateLimited } from "../../util/log.ts";
 
 const log = getLogger("hyperv");
+
+/** Registry name of the hypercall page's port. */
+export const HV_HYPERCALL_DEVICE = "hv-hypercall";
+/** Registry name of the VMBus doorbell ports (connection ids `HV_DOORBELL_FIRST..LAST`). */
+export const HV_DOORBELL_DEVICE = "hv-doorbells";
+
+/**
+ * Claims the Hyper-V ports in the device registry (build time): the hypercall port and the
+ * doorbell range, answered on the exit's vCPU thread (whose handlers need its registers).
+ */
+export function registerHyperVPorts(registry: DeviceRegistry): void {
+  registry.add("pio", HV_HYPERCALL_PORT, 1, registry.addDevice(HV_HYPERCALL_DEVICE));
+  registry.add(
+    "pio",
+    HV_DOORBELL_FIRST,
+    HV_DOORBELL_LAST - HV_DOORBELL_FIRST + 1,
+    registry.addDevice(HV_DOORBELL_DEVICE),
+  );
+}
 
 /** A `GuestClock` over the shared guest-TSC parameters; usable on every thread. */
 export function guestClock(tsc: { offset: bigint; hz: number; vmStartTsc: bigint }): GuestClock {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { C, clockNs, libc, sigset } from "../../../ffi/libc.ts";
-import { VcpuTimerScheduler } from "../../../src/vmm/vcpu_timers.ts";
+import { VcpuTimerScheduler } from "../../../src/hyperv/host/vcpu_timers.ts";
 
 // A real-time signal of its own, blocked on the test thread for good (a pending one left
 // unblocked would kill the process), so the thread timer's expiries can be waited for.

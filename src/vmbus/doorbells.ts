@@ -19,7 +19,7 @@ import { HV_DOORBELL_FIRST, HV_DOORBELL_LAST } from "../hyperv/mod.ts";
 import type { Vm } from "../kvm/vm.ts";
 import { UsageError } from "../util/errors.ts";
 import { getLogger } from "../util/log.ts";
-import type { EventLoop } from "./event_loop.ts";
+import type { EventLoop } from "../util/event_loop.ts";
 
 const log = getLogger("vmbus", "doorbells");
 

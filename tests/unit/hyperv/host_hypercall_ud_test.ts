@@ -11,8 +11,8 @@ import { Kvm, kvmFlavour } from "../../../src/kvm/kvm.ts";
 import { Vcpu } from "../../../src/kvm/vcpu.ts";
 import { runVcpu } from "../../../src/kvm/vcpu_loop.ts";
 import { HV_HYPERCALL_PORT } from "../../../src/hyperv/mod.ts";
-import { raiseHypercallUd, VcpuHypercallRegs } from "../../../src/vmm/hyperv_host.ts";
-import { enableHypercalls, makeRig } from "../hyperv/fakes.ts";
+import { raiseHypercallUd, VcpuHypercallRegs } from "../../../src/hyperv/host/hyperv_host.ts";
+import { enableHypercalls, makeRig } from "./fakes.ts";
 
 let usable = false;
 try {

@@ -9,8 +9,8 @@
  * VMBus host does not own.
  * @module
  */
-import { eventfdSignal } from "../../ffi/libc.ts";
-import type { HvHostBridge } from "../hyperv/mod.ts";
+import { eventfdSignal } from "../../../ffi/libc.ts";
+import type { HvHostBridge } from "../mod.ts";
 
 /** HV status codes used here (TLFS). */
 const HV_STATUS_SUCCESS = 0;
