@@ -69,3 +69,59 @@ Deno.test({
     assert.equal(at(350, 720), "000000", ctx);
   },
 });
+
+Deno.test({
+  name: "bochs-display through VNC: the guest's fb0 bands are in gvnccapture's frame",
+  ignore: !guestEnvironment().ok || !have("gvnccapture"),
+  async fn() {
+    const dir = Deno.env.get("VIDEO_TEST_SHOT_DIR") ?? await Deno.makeTempDir();
+    const display = 60 + Math.floor(Math.random() * 30);
+    const shot = `${dir}/bochs-vnc.png`;
+    let capture = "";
+    const run = await bootGuest({
+      modules: ["bochs"],
+      vmmArgs: [
+        "--display",
+        "bochs,800x600",
+        "--hv",
+        "none",
+        "--vnc",
+        `127.0.0.1:${5900 + display}`,
+      ],
+      timeoutMs: 300_000,
+      script: `
+        for v in /sys/class/vtconsole/vtcon*; do
+          grep -q 'frame buffer' $v/name && echo 0 > $v/bind
+        done
+        stride=$(cat /sys/class/graphics/fb0/stride)
+        hd_mark fb "$(cat /sys/class/graphics/fb0/virtual_size) $stride"
+        # White rows 0-99, grey (0x40) rows 100-199.
+        head -c $((stride * 100)) /dev/zero | tr '\\000' '\\377' > /tmp/white
+        head -c $((stride * 100)) /dev/zero | tr '\\000' '\\100' > /tmp/grey
+        cat /tmp/white /tmp/grey | dd of=/dev/fb0 bs=$stride conv=notrunc 2>/dev/null
+        sleep 1
+        hd_mark drawn 1
+        read -t 120 -r reply
+      `,
+      onMark: async (key) => {
+        if (key !== "drawn") return;
+        const out = await new Deno.Command("gvnccapture", {
+          args: ["-q", `127.0.0.1:${display}`, shot],
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        capture = `gvnccapture ${out.code}: ${new TextDecoder().decode(out.stderr)}`;
+        return "go\n";
+      },
+    });
+    const ctx = `${capture}\n${describeRun(run, 40)}`;
+    assert.equal(run.code, 0, ctx);
+    const img = decodePng(Deno.readFileSync(shot));
+    assert.deepEqual([img.width, img.height], [800, 600], ctx);
+    const at = (x: number, y: number) => img.rgb(x, y).toString(16).padStart(6, "0");
+    for (const x of [0, 400, 799]) {
+      assert.equal(at(x, 10), "ffffff", `white at ${x},10\n${ctx}`);
+      assert.equal(at(x, 150), "404040", `grey at ${x},150\n${ctx}`);
+    }
+  },
+});
