@@ -36,7 +36,7 @@ import { createIntegrationComponents, type IntegrationComponents } from "../devi
 import { InputRouter, SyntheticKeyboard, SyntheticMouse } from "../devices/input/mod.ts";
 import { Synthvid } from "../devices/video/mod.ts";
 import type { ConsoleFrontEnds } from "./console.ts";
-import { BochsScreen } from "./screen.ts";
+import { BochsScreen, dumpFrame } from "./screen.ts";
 import { vramForVm, type VramMemory } from "./vram.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
 import { type LinuxBoot, loadLinux } from "../machine/linux_boot.ts";
@@ -381,9 +381,7 @@ export async function bootOnce(
       exits: () => exitCounters.map((sab) => new ExitCounters(sab).snapshot()),
       ...(vmbus ? { doorbells: () => vmbus.doorbells.count } : {}),
       pci: () => pciStatus(board.state, board.main.pci),
-      ...(board.framebuffer && board.main.display
-        ? { screendump: screendumper(board.main.display, board.framebuffer.bytes) }
-        : {}),
+      ...screendump(board, vmbus?.video),
     });
     t.add(() => inputs.publish(undefined));
     // 8. Start the vCPUs and wait for the guest. Main-thread devices answer through the loop.
@@ -441,6 +439,27 @@ export async function bootOnce(
   } finally {
     await t.run();
   }
+}
+
+/**
+ * `screendump` of the display the guest uses: synthvid once its driver set a mode, else the
+ * bochs display (none without either).
+ */
+function screendump(
+  board: { main: PcDevices; framebuffer: Framebuffer | undefined },
+  video: Synthvid | undefined,
+): Pick<ControlTarget, "screendump"> {
+  const bochs = board.framebuffer && board.main.display
+    ? screendumper(board.main.display, board.framebuffer.bytes)
+    : undefined;
+  if (!video) return bochs ? { screendump: bochs } : {};
+  return {
+    screendump: (path) => {
+      if (video.active) return dumpFrame(video, path);
+      if (bochs) return bochs(path);
+      return Promise.reject(new Error("screendump: the guest has set no display mode yet"));
+    },
+  };
 }
 
 /**

@@ -13,6 +13,7 @@ import type {
   Rect,
 } from "../console/mod.ts";
 import { type BochsDisplay, type ScreenGeometry, screenPixels } from "../devices/display/bochs.ts";
+import { encodePng } from "../util/png.ts";
 
 const TILE_W = 64;
 const TILE_H = 16;
@@ -148,4 +149,32 @@ function convert(vram: Uint8Array, g: ScreenGeometry): Uint8Array {
     out[j + 2] = rgb[i]!;
   }
   return out;
+}
+
+/**
+ * `screendump` of a framebuffer source (synthvid): the frame as a PNG at `path`, written to a
+ * temporary file beside it and renamed, so a failure never leaves a half-written file.
+ */
+export async function dumpFrame(
+  source: FramebufferSource,
+  path: string,
+): Promise<{ width: number; height: number }> {
+  const f = source.frame();
+  const rgb = new Uint8Array(f.width * f.height * 3);
+  for (let y = 0, o = 0; y < f.height; y++) {
+    for (let x = 0, i = y * f.stride; x < f.width; x++, i += 4) {
+      rgb[o++] = f.data[i + 2] ?? 0;
+      rgb[o++] = f.data[i + 1] ?? 0;
+      rgb[o++] = f.data[i] ?? 0;
+    }
+  }
+  const tmp = `${path}.${Deno.pid}.tmp`;
+  try {
+    await Deno.writeFile(tmp, encodePng(f.width, f.height, rgb), { createNew: true });
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw new Error(`screendump: cannot write '${path}': ${(e as Error).message}`);
+  }
+  return { width: f.width, height: f.height };
 }

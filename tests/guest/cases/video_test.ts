@@ -1,10 +1,11 @@
 /**
  * Synthetic video on a stock Debian 6.1 guest: hyperv_drm binds (synthvid 3.5), its fb0 mode is
  * the 1024x768 the host offers as default, and a pattern the guest writes into /dev/fb0 reaches
- * the host's VRAM and is in the frame a real VNC client (gtk-vnc's gvnccapture) fetches.
+ * the host's VRAM and is in the frame a real VNC client (gtk-vnc's gvnccapture) fetches and in
+ * the control socket's `screendump`.
  */
 import assert from "node:assert/strict";
-import { bootGuest, describeRun, guestEnvironment } from "../harness.ts";
+import { askControl, bootGuest, describeRun, guestEnvironment } from "../harness.ts";
 import { decodePng } from "../../unit/console/png.ts";
 
 function have(cmd: string): boolean {
@@ -23,10 +24,13 @@ Deno.test({
     const dir = Deno.env.get("VIDEO_TEST_SHOT_DIR") ?? await Deno.makeTempDir();
     const display = 60 + Math.floor(Math.random() * 30);
     const shot = `${dir}/synthvid.png`;
+    const dump = `${dir}/synthvid-screendump.png`;
+    const sock = `${await Deno.makeTempDir()}/control.sock`;
     let capture = "";
+    let dumped: Record<string, unknown> = {};
     const run = await bootGuest({
       modules: ["hv_vmbus", "hyperv_drm"],
-      vmmArgs: ["--vnc", `127.0.0.1:${5900 + display}`],
+      vmmArgs: ["--vnc", `127.0.0.1:${5900 + display}`, "--control", sock],
       timeoutMs: 300_000,
       script: `
         for i in $(seq 1 60); do [ -e /dev/fb0 ] && break; sleep 1; done
@@ -52,11 +56,18 @@ Deno.test({
           stderr: "piped",
         }).output();
         capture = `gvnccapture ${out.code}: ${new TextDecoder().decode(out.stderr)}`;
+        dumped = await askControl(sock, { cmd: "screendump", path: dump }).catch((e) => ({
+          error: String(e),
+        }));
         return "go\n";
       },
     });
-    const ctx = `${capture}\n${describeRun(run, 40)}`;
+    const ctx = `${capture} screendump ${JSON.stringify(dumped)}\n${describeRun(run, 40)}`;
     assert.equal(run.code, 0, ctx);
+    assert.deepEqual(dumped, { ok: true, width: 1024, height: 768 }, ctx);
+    const png = decodePng(Deno.readFileSync(dump));
+    assert.equal(png.rgb(200, 650).toString(16), "ffffff", ctx);
+    assert.equal(png.rgb(500, 700).toString(16), "808080", ctx);
     assert.equal(run.marks.get("synthvid"), "Synthvid Version major 3, minor 5", ctx);
     assert.equal(run.marks.get("fb"), "hyperv_drmdrmfb 1024,768", ctx);
     assert.equal(run.marks.get("mode"), "1024x768", ctx);
