@@ -294,8 +294,13 @@ export class Synthvid implements VmbusDevice {
     let ack = ctx;
     if (specified) {
       const ok = gpa % 4096n === 0n && gpa < 1n << 52n && this.#vram.map(Number(gpa));
-      if (ok) this.#vramGpa = Number(gpa);
-      else {
+      if (ok) {
+        this.#vramGpa = Number(gpa);
+        this.#log.info("VRAM mapped at 0x{gpa} ({mib} MiB)", {
+          gpa: gpa.toString(16),
+          mib: this.#vram.bytes.length >> 20,
+        });
+      } else {
         ack = ~ctx & 0xffff_ffff_ffff_ffffn; // not echoed: the guest sees the refusal
         this.#malformed(`VRAM location 0x${gpa.toString(16)} refused`);
       }
@@ -338,7 +343,7 @@ export class Synthvid implements VmbusDevice {
     this.#frame = this.#frameOf(off, w, h, pitch);
     this.#active = s.active !== 0;
     this.stats.modeChanges++;
-    this.#log.debug("guest mode {w}x{h}, pitch {pitch}", { w, h, pitch });
+    this.#log.info("guest mode {w}x{h}, pitch {pitch}, offset {off}", { w, h, pitch, off });
     this.#emit({ kind: "resize" });
   }
 

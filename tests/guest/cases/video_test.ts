@@ -30,13 +30,22 @@ Deno.test({
     let dumped: Record<string, unknown> = {};
     const run = await bootGuest({
       modules: ["hv_vmbus", "hyperv_drm"],
-      vmmArgs: ["--vnc", `127.0.0.1:${5900 + display}`, "--control", sock],
+      vmmArgs: [
+        "--vnc",
+        `127.0.0.1:${5900 + display}`,
+        "--control",
+        sock,
+        "--log-level",
+        "info",
+      ],
       timeoutMs: 300_000,
       script: `
         for i in $(seq 1 60); do [ -e /dev/fb0 ] && break; sleep 1; done
         hd_mark synthvid "$(dmesg | grep -o 'Synthvid Version major [0-9]*, minor [0-9]*' | head -1)"
         hd_mark fb "$(cat /sys/class/graphics/fb0/name) $(cat /sys/class/graphics/fb0/virtual_size)"
         hd_mark mode "$(head -1 /sys/class/drm/card0-Virtual-1/modes 2>/dev/null)"
+        hd_mark iomem "$(grep -i -E 'vmbus|hyperv|f[0-9a-f]{7}-' /proc/iomem | tr '\n' ';')"
+        hd_mark drm-log "$(dmesg | grep -i -E 'hyperv_drm|synthvid|vram' | tr '\n' ';')"
         # 128 rows of 1024 pixels: black, columns 100..299 white, 400..599 grey (0x80).
         { head -c 400 /dev/zero; head -c 800 /dev/zero | tr '\\000' '\\377'
           head -c 400 /dev/zero; head -c 800 /dev/zero | tr '\\000' '\\200'
@@ -50,12 +59,18 @@ Deno.test({
       `,
       onMark: async (key) => {
         if (key !== "fb-written") return;
+        // The test machine may start with loopback down (the VMM listens on 127.0.0.1).
+        await new Deno.Command("ip", { args: ["link", "set", "lo", "up"] }).output().catch(
+          () => {},
+        );
         const out = await new Deno.Command("gvnccapture", {
-          args: ["-q", `127.0.0.1:${display}`, shot],
+          args: [`127.0.0.1:${display}`, shot],
           stdout: "piped",
           stderr: "piped",
         }).output();
-        capture = `gvnccapture ${out.code}: ${new TextDecoder().decode(out.stderr)}`;
+        capture = `gvnccapture ${out.code}: ${new TextDecoder().decode(out.stderr)}${
+          new TextDecoder().decode(out.stdout)
+        }`;
         dumped = await askControl(sock, { cmd: "screendump", path: dump }).catch((e) => ({
           error: String(e),
         }));
@@ -116,12 +131,18 @@ Deno.test({
       `,
       onMark: async (key) => {
         if (key !== "drawn") return;
+        // The test machine may start with loopback down (the VMM listens on 127.0.0.1).
+        await new Deno.Command("ip", { args: ["link", "set", "lo", "up"] }).output().catch(
+          () => {},
+        );
         const out = await new Deno.Command("gvnccapture", {
-          args: ["-q", `127.0.0.1:${display}`, shot],
+          args: [`127.0.0.1:${display}`, shot],
           stdout: "piped",
           stderr: "piped",
         }).output();
-        capture = `gvnccapture ${out.code}: ${new TextDecoder().decode(out.stderr)}`;
+        capture = `gvnccapture ${out.code}: ${new TextDecoder().decode(out.stderr)}${
+          new TextDecoder().decode(out.stdout)
+        }`;
         return "go\n";
       },
     });
