@@ -46,6 +46,7 @@ export class BochsScreen implements FramebufferSource {
 
   /** @inheritdoc */
   frame(): Framebuffer {
+    this.#refresh(); // a mode set since the last scan (viewers connecting read this first)
     return this.#frame;
   }
 

@@ -54,6 +54,7 @@ Deno.test({
         for i in 1 2 3 4 5 6 7; do cat /tmp/block /tmp/block > /tmp/b2; mv /tmp/b2 /tmp/block; done
         dd if=/tmp/block of=/dev/fb0 bs=4096 seek=600 conv=notrunc 2>/dev/null
         sleep 2
+        hd_mark devmem "$(dd if=/dev/mem bs=4096 skip=$((0xf0000000 / 4096 + 650)) count=1 2>&1 | od -An -tx1 | head -1)"
         hd_mark fb-written 1
         read -t 120 -r reply
       `,
