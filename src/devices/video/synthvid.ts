@@ -360,7 +360,7 @@ export class Synthvid implements VmbusDevice {
       const x2 = Math.min(f.width, r.x2), y2 = Math.min(f.height, r.y2);
       if (x2 <= x1 || y2 <= y1) continue;
       this.stats.dirtRects++;
-      if (this.stats.dirtRects <= 3) {
+      if (this.stats.dirtRects <= 40) {
         let lit = 0;
         for (let y = y1; y < y2; y++) {
           for (let x = x1 * 4; x < x2 * 4; x++) if (f.data[y * f.stride + x]) lit++;
