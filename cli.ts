@@ -15,6 +15,8 @@ import {
   parseSignedSeconds,
   parseSize,
   parseSyndbg,
+  parseVnc,
+  parseWeb,
   type VmConfig,
 } from "./src/vmm/config.ts";
 import { parseDiskSpec } from "./src/devices/storage/backend/disk_spec.ts";
@@ -62,12 +64,18 @@ boot options:
                          tap=NAME[,mac=52:54:00:12:34:56][,queues=N][,mtu=N]
   --rtc-offset S         start the guest's CMOS clock S seconds off the host's   (default: 0)
   --control PATH         JSON-lines control socket: status, shutdown, reboot, kvp-get, kvp-set,
-                         channels, disks, screendump, pci
+                         channels, disks, screendump, pci, send-keys, type, pointer, input
                          (e.g. echo '{"cmd":"channels"}' | socat - UNIX:PATH); owner-only
                          (0600); an existing file or a live socket at PATH is refused, only a
                          stale socket is replaced
   --display SPEC         none | bochs[,WxH]: a bochs-display PCI device (EDID mode WxH,
                          default 1024x768)                                       (default: none)
+  --vnc ADDR             VNC server for the screen, keyboard and mouse: unix:PATH (the --control
+                         rule) or IPV4:PORT (e.g. 127.0.0.1:5900; outside 127/8 needs
+                         --vnc-password)
+  --vnc-password PW      VNC authentication (1-8 bytes; the link is not encrypted)
+  --web IPV4:PORT        web console (noVNC in the browser) at the URL printed at start,
+                         with a random token; loopback only unless --web-allow-remote
   --vsock PATH           hv_sock (AF_VSOCK over VMBus), Firecracker-style: a guest connecting to
                          CID 2 port P reaches the unix socket PATH_P; a host client connecting to
                          PATH and writing "CONNECT P\n" reaches a guest listening on port P
@@ -131,6 +139,10 @@ export function parseBootArgs(args: string[]): VmConfig {
         net: { type: "string", multiple: true, default: [] },
         "rtc-offset": { type: "string", default: "0" },
         control: { type: "string" },
+        vnc: { type: "string" },
+        "vnc-password": { type: "string" },
+        web: { type: "string" },
+        "web-allow-remote": { type: "boolean", default: false },
         display: { type: "string", default: "none" },
         vsock: { type: "string" },
         "log-level": { type: "string", default: "warning" },
@@ -180,6 +192,11 @@ export function parseBootArgs(args: string[]): VmConfig {
   }
   if (v.control !== undefined) config.controlPath = v.control;
   if (v.vsock !== undefined) config.vsockPath = v.vsock;
+  const vnc = parseVnc(v.vnc, v["vnc-password"]);
+  if (vnc) config.vnc = vnc;
+  if (v["vnc-password"] !== undefined) config.vncPassword = v["vnc-password"];
+  const web = parseWeb(v.web, v["web-allow-remote"]);
+  if (web) config.web = web;
   if (v.syndbg !== undefined) config.syndbg = parseSyndbg(v.syndbg);
   if (v.net.length > 0) config.nets = v.net.map((n) => parseNetSpec(n));
   hvFeaturesOf(config); // a bad --hv list (or --syndbg mismatch) fails here, before any file is read

@@ -161,5 +161,7 @@ export const I8042_DATA_PORT = 0x60;
 export const I8042_CMD_PORT = 0x64;
 /** i8042 keyboard ISA IRQ. */
 export const I8042_KBD_IRQ = 1;
+/** i8042 AUX (PS/2 mouse) IRQ. */
+export const I8042_AUX_IRQ = 12;
 /** Number of IOAPIC pins (KVM's in-kernel IOAPIC). */
 export const IOAPIC_PINS = 24;

@@ -6,7 +6,16 @@
 import { getLogger as logtapeGetLogger, type Logger } from "@logtape/logtape";
 
 /** Top-level categories, one per layer. */
-export type LogLayer = "kvm" | "vcpu" | "machine" | "hyperv" | "vmbus" | "dev" | "cli" | "test";
+export type LogLayer =
+  | "kvm"
+  | "vcpu"
+  | "machine"
+  | "hyperv"
+  | "vmbus"
+  | "dev"
+  | "console"
+  | "cli"
+  | "test";
 
 /** Returns the logger for `layer` (and an optional sub-name such as a device name). */
 export function getLogger(layer: LogLayer, name?: string): Logger {

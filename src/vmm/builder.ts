@@ -37,6 +37,11 @@ import type { VsockUnixBackend } from "../devices/hvsock/mod.ts";
 import type { NetBackends, NetStatus } from "./net.ts";
 import { DynamicMemoryDevice, madviseRelease } from "../devices/balloon/mod.ts";
 import { createIntegrationComponents, type IntegrationComponents } from "../devices/ic/mod.ts";
+import { InputRouter, SyntheticKeyboard, SyntheticMouse } from "../devices/input/mod.ts";
+import { Synthvid } from "../devices/video/mod.ts";
+import type { ConsoleFrontEnds } from "./console.ts";
+import { BochsScreen, dumpFrame } from "./screen.ts";
+import { vramForVm, type VramMemory } from "./vram.ts";
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from "../machine/layout.ts";
 import { type LinuxBoot, loadLinux } from "../machine/linux_boot.ts";
 import type { MemoryMap } from "../machine/memory_map.ts";
@@ -103,6 +108,10 @@ export interface BootInputs {
   nets?: NetBackends | undefined;
   /** The `--vsock` backend, kept across resets. */
   vsock: VsockUnixBackend | undefined;
+  /** Screen front ends (--vnc, --web): shown the display the guest uses. */
+  frontEnds: ConsoleFrontEnds;
+  /** Synthetic video's VRAM (with VMBus), kept across resets. */
+  vram: VramMemory | undefined;
   /** Makes the running VM reachable from the control socket (undefined: it stopped). */
   publish: (target: Omit<ControlTarget, "boots"> | undefined) => void;
 }
@@ -264,6 +273,9 @@ interface VmbusParts {
   balloon: DynamicMemoryDevice;
   /** The synthetic NICs' status (absent without `--net`). */
   net: (() => NetStatus[]) | undefined;
+  keyboard: SyntheticKeyboard;
+  mouse: SyntheticMouse;
+  video: Synthvid | undefined;
 }
 
 /**
@@ -320,10 +332,20 @@ function attachVmbus(
   // Dynamic memory (hv_balloon) on every VMBus guest, as Hyper-V offers it.
   const balloon = new DynamicMemoryDevice(memory, { release: madviseRelease(memory) });
   server.addDevice(balloon);
+  // Synthetic keyboard and mouse: the input router prefers them once the guest's drivers connect.
+  const keyboard = new SyntheticKeyboard();
+  const mouse = new SyntheticMouse();
+  server.addDevice(keyboard);
+  server.addDevice(mouse);
+  // Synthetic video: VRAM mapped where the guest's driver puts it in the VMBus MMIO windows.
+  const video = inputs.vram
+    ? new Synthvid({ vram: vramForVm(vm.fd, inputs.vram, inputs.map.vmbusMmio) })
+    : undefined;
+  if (video) server.addDevice(video);
   // --- end of VMBus devices ---
   // Runs before the devices close and guest memory goes: storage may still move data into it.
   t.add(() => quiesceVmbus(server));
-  return { server, ics, doorbells, balloon, net };
+  return { server, ics, doorbells, balloon, net, keyboard, mouse, video };
 }
 
 /**
@@ -410,6 +432,13 @@ export async function bootOnce(
       inputs,
       vmbus !== undefined,
     );
+    // Keyboard, pointer and screen for people: PS/2 and bochs until the guest's synthetic
+    // drivers take over.
+    const input = new InputRouter({
+      ...(vmbus ? { keyboard: vmbus.keyboard, mouse: vmbus.mouse } : {}),
+      ps2: board.main.i8042,
+    });
+    showScreens(inputs.frontEnds, input, board, vmbus?.video, t);
     // 7. The control socket's view (hypercall counters read the threads once they run).
     const running: { threads?: VcpuThreads } = {};
     const exitCounters = Array.from({ length: config.cpus }, () => ExitCounters.createState());
@@ -420,6 +449,7 @@ export async function bootOnce(
       scsi: inputs.scsi?.controller,
       balloon: vmbus?.balloon,
       memoryBytes: inputs.map.ramBytes,
+      input,
       exits: () => exitCounters.map((sab) => new ExitCounters(sab).snapshot()),
       ...(vmbus ? { doorbells: () => vmbus.doorbells.count } : {}),
       ...(vmbus?.net ? { net: vmbus.net } : {}),
@@ -433,9 +463,7 @@ export async function bootOnce(
         }
         : {}),
       pci: () => pciStatus(board.state, board.main.pci),
-      ...(board.framebuffer && board.main.display
-        ? { screendump: screendumper(board.main.display, board.framebuffer.bytes) }
-        : {}),
+      ...screendump(board, vmbus?.video),
     });
     t.add(() => inputs.publish(undefined));
     // 8. Start the vCPUs and wait for the guest. Main-thread devices answer through the loop.
@@ -495,6 +523,56 @@ export async function bootOnce(
   } finally {
     await t.run();
   }
+}
+
+/**
+ * `screendump` of the display the guest uses: synthvid once its driver set a mode, else the
+ * bochs display (none without either).
+ */
+function screendump(
+  board: { main: PcDevices; framebuffer: Framebuffer | undefined },
+  video: Synthvid | undefined,
+): Pick<ControlTarget, "screendump"> {
+  const bochs = board.framebuffer && board.main.display
+    ? screendumper(board.main.display, board.framebuffer.bytes)
+    : undefined;
+  if (!video) return bochs ? { screendump: bochs } : {};
+  return {
+    screendump: (path) => {
+      if (video.active) return dumpFrame(video, path);
+      if (bochs) return bochs(path);
+      return Promise.reject(new Error("screendump: the guest has set no display mode yet"));
+    },
+  };
+}
+
+/**
+ * Shows viewers the display the guest uses: synthvid once its driver set a mode, else the
+ * bochs display (with `--display bochs`), else a blank screen.
+ */
+function showScreens(
+  frontEnds: ConsoleFrontEnds,
+  input: InputRouter,
+  board: { main: PcDevices; framebuffer: Framebuffer | undefined },
+  video: Synthvid | undefined,
+  t: Teardown,
+): void {
+  const bochs = board.framebuffer && board.main.display
+    ? new BochsScreen(board.main.display, board.framebuffer.bytes)
+    : undefined;
+  const choose = () => {
+    const source = video?.active ? video : bochs;
+    frontEnds.setDisplay(source);
+    if (source) input.screen = { width: source.frame().width, height: source.frame().height };
+  };
+  choose();
+  const offVideo = video?.subscribe((c) => c.kind === "resize" && choose());
+  const offBochs = bochs?.subscribe((c) => c.kind === "resize" && choose());
+  t.add(() => {
+    offVideo?.();
+    offBochs?.();
+    frontEnds.setDisplay(undefined);
+  });
 }
 
 /**

@@ -22,6 +22,11 @@ export interface SyndbgSpec {
   hypercalls: boolean;
 }
 
+/** Where the VNC server listens (`--vnc`). */
+export type VncSpec =
+  | { kind: "unix"; path: string }
+  | { kind: "tcp"; hostname: string; port: number; loopback: boolean };
+
 /** What to do when the guest reports a crash through the Hyper-V crash MSRs. */
 export type OnCrash = "poweroff" | "pause" | "reset";
 
@@ -43,6 +48,12 @@ export interface VmConfig {
   /** The synthetic debugger's UDP peer (`--syndbg`); absent = no debugger, no `syndbg`. */
   syndbg?: SyndbgSpec;
   onCrash: OnCrash;
+  /** VNC server address (`--vnc`); absent = no VNC. */
+  vnc?: VncSpec;
+  /** VNC authentication password (`--vnc-password`). */
+  vncPassword?: string;
+  /** Web console address (`--web`); absent = none. */
+  web?: { hostname: string; port: number };
   /** Unix socket path for the JSON-lines control socket (`--control`). */
   controlPath?: string;
   /** `--cdrom` images (read-only ATAPI CD-ROMs on the AHCI controller), in order. */
@@ -224,4 +235,77 @@ export function hvFeaturesOf(config: Pick<VmConfig, "hv" | "syndbg">): HvFeature
 export async function checkPathFlags(config: VmConfig): Promise<void> {
   if (config.controlPath !== undefined) await checkSocketPath(config.controlPath, "--control");
   if (config.vsockPath !== undefined) await checkSocketPath(config.vsockPath, "--vsock");
+  if (config.vnc?.kind === "unix") await checkSocketPath(config.vnc.path, "--vnc");
+}
+
+/**
+ * Parses `--vnc unix:PATH | HOST:PORT` and checks `--vnc-password`: an address outside
+ * 127.0.0.0/8 needs a password (VNC authentication; the link itself stays unencrypted), and a
+ * password is at most 8 bytes (VNC ignores the rest, so a longer one would be a false promise).
+ */
+export function parseVnc(
+  text: string | undefined,
+  password: string | undefined,
+): VncSpec | undefined {
+  if (text === undefined) {
+    if (password !== undefined) throw new UsageError("--vnc-password needs --vnc");
+    return undefined;
+  }
+  if (password !== undefined) {
+    const bytes = new TextEncoder().encode(password).length;
+    if (bytes === 0 || bytes > 8) {
+      throw new UsageError(
+        `--vnc-password: VNC authentication uses 1 to 8 bytes of password, this one has ${bytes}`,
+      );
+    }
+  }
+  if (text.startsWith("unix:")) {
+    const path = text.slice(5);
+    if (path === "") throw new UsageError("--vnc unix:PATH needs a socket path");
+    return { kind: "unix", path };
+  }
+  const colon = text.lastIndexOf(":");
+  const hostname = colon > 0 ? text.slice(0, colon) : "";
+  const portText = colon > 0 ? text.slice(colon + 1) : "";
+  const port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
+  const address = parseIpv4(hostname);
+  if (address === undefined || !(port >= 1 && port <= 65535)) {
+    throw new UsageError(
+      `--vnc: '${text}' is not unix:PATH or IPV4:PORT (e.g. 127.0.0.1:5900; names are not resolved)`,
+    );
+  }
+  const loopback = address >>> 24 === 127;
+  if (!loopback && password === undefined) {
+    throw new UsageError(
+      `--vnc: ${hostname} is not a loopback address; anyone who reaches it gets the guest's ` +
+        `console, so give --vnc-password (the link stays unencrypted: tunnel it over SSH)`,
+    );
+  }
+  return { kind: "tcp", hostname, port, loopback };
+}
+
+/** Parses `--web IPV4:PORT`; outside 127.0.0.0/8 only with `--web-allow-remote`. */
+export function parseWeb(
+  text: string | undefined,
+  allowRemote: boolean,
+): { hostname: string; port: number } | undefined {
+  if (text === undefined) {
+    if (allowRemote) throw new UsageError("--web-allow-remote needs --web");
+    return undefined;
+  }
+  const colon = text.lastIndexOf(":");
+  const hostname = colon > 0 ? text.slice(0, colon) : "";
+  const portText = colon > 0 ? text.slice(colon + 1) : "";
+  const port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
+  const address = parseIpv4(hostname);
+  if (address === undefined || !(port >= 0 && port <= 65535)) {
+    throw new UsageError(`--web: '${text}' is not IPV4:PORT (e.g. 127.0.0.1:8080)`);
+  }
+  if (address >>> 24 !== 127 && !allowRemote) {
+    throw new UsageError(
+      `--web: ${hostname} is not a loopback address; add --web-allow-remote if the console ` +
+        "(plain HTTP, guarded by the token only) is meant to be reachable from elsewhere",
+    );
+  }
+  return { hostname, port };
 }

@@ -9,6 +9,10 @@
  * {"cmd":"kvp-set","key":"K","value":"V"}  → {"ok":true}
  * {"cmd":"channels"}                       → {"ok":true,"channels":[{relid,device,state,ringFill,…}]}
  * {"cmd":"disks"}                          → {"ok":true,"disks":[DiskStatus,…]}
+ * {"cmd":"send-keys","keys":"ctrl-alt-delete"} → {"ok":true,"events":6,"route":"synthetic"}
+ * {"cmd":"type","text":"ls\n"}             → {"ok":true,"events":6,"route":"ps2"}
+ * {"cmd":"pointer","x":16384,"y":8192,"buttons":1} → {"ok":true,"route":"synthetic"}
+ * {"cmd":"input"}                          → {"ok":true,"keyRoute":"synthetic",…}
  * {"cmd":"screendump","path":"FILE.png"}   → {"ok":true,"width":W,"height":H}
  * {"cmd":"pci"}                            → {"ok":true,"devices":[PciDeviceStatus,…]}
  * {"cmd":"copy-to-guest",…} {"cmd":"freeze"} {"cmd":"thaw"} {"cmd":"snapshot",…}
@@ -16,6 +20,13 @@
  *                                          → see `guest_services.ts`
  * {"cmd":"guest-ip"[,"mac":"52:54:…"]}     → {"ok":true,"adapters":[{mac,addresses,subnets,gateways}]}
  * ```
+ *
+ * `send-keys` takes space-separated combos of key names (`ctrl-alt-delete`, `shift-a b ret`);
+ * each combo presses its keys in order and releases them in reverse. `type` types text on a US
+ * layout. `pointer` moves the pointer to an absolute position (0..32767 on both axes) with the
+ * given buttons (bit 0 left, 1 right, 2 middle). All go through the input router: the synthetic
+ * keyboard and mouse once the guest's drivers connected, PS/2 before. `events` counts the key
+ * transitions the route took (fewer than sent means the device dropped some).
  *
  * `screendump` writes the display's visible screen (`--display bochs`) as a PNG; it refuses
  * while the guest has set no mode, and never overwrites anything but `path` itself. `pci`
@@ -39,6 +50,13 @@
  * @module
  */
 import type { IntegrationComponents } from "../devices/ic/mod.ts";
+import {
+  type InputRouter,
+  type KeyEvent,
+  KeyNameError,
+  parseKeyCombos,
+  textToKeys,
+} from "../devices/input/mod.ts";
 import type { ScsiController } from "../devices/storage/mod.ts";
 import type { ExitSnapshot } from "../kvm/exit_counters.ts";
 import type { HypercallSnapshot } from "../hyperv/mod.ts";
@@ -62,6 +80,8 @@ export interface ControlTarget {
   /** The Dynamic Memory device and the boot RAM size (`memory`, `balloon`). */
   balloon?: DynamicMemoryDevice | undefined;
   memoryBytes?: number;
+  /** Host input for the guest's keyboard and pointer (`send-keys`, `type`, `pointer`). */
+  input?: InputRouter;
   /** Exit counters of each vCPU since this boot started (`status`'s `exits`). */
   exits?: () => ExitSnapshot[];
   /** Channel doorbells KVM completed through eventfds this boot (`status`'s `doorbells`). */
@@ -210,6 +230,26 @@ export async function handleControlRequest(
         return { ok: true, channels: target.vmbus?.channels() ?? [] };
       case "disks":
         return { ok: true, disks: diskStatus(target.scsi) };
+      case "send-keys":
+      case "type":
+        return sendKeys(target.input, req);
+      case "pointer": {
+        const input = target.input;
+        if (!input) return { ok: false, error: "this VM has no input devices" };
+        const { x, y, buttons = 0, wheel = 0 } = req;
+        if (
+          typeof x !== "number" || typeof y !== "number" || typeof buttons !== "number" ||
+          typeof wheel !== "number"
+        ) {
+          return { ok: false, error: "pointer needs numbers x and y (0..32767), buttons, wheel" };
+        }
+        const route = input.pointerRoute;
+        return { ok: input.pointer(x, y, buttons, wheel), route };
+      }
+      case "input":
+        return target.input
+          ? { ok: true, ...target.input.status() }
+          : { ok: false, error: "this VM has no input devices" };
       case "screendump": {
         if (typeof req.path !== "string" || req.path === "") {
           return { ok: false, error: "screendump needs a string path" };
@@ -246,6 +286,32 @@ export async function handleControlRequest(
   } catch (e) {
     return { ok: false, error: (e as Error).message };
   }
+}
+
+function sendKeys(
+  input: InputRouter | undefined,
+  req: Record<string, unknown>,
+): Record<string, unknown> {
+  if (!input) return { ok: false, error: "this VM has no input devices" };
+  let events: KeyEvent[];
+  try {
+    if (req.cmd === "type") {
+      if (typeof req.text !== "string") return { ok: false, error: "type needs a string text" };
+      events = textToKeys(req.text);
+    } else {
+      if (typeof req.keys !== "string") {
+        return { ok: false, error: "send-keys needs a string keys, e.g. ctrl-alt-delete" };
+      }
+      events = parseKeyCombos(req.keys);
+    }
+  } catch (e) {
+    if (e instanceof KeyNameError) return { ok: false, error: e.message };
+    throw e;
+  }
+  const route = input.keyRoute;
+  let sent = 0;
+  for (const e of events) if (input.key(e.scanCode, e.down)) sent++;
+  return { ok: sent > 0, events: sent, route };
 }
 
 /**

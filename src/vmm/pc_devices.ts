@@ -20,6 +20,7 @@ import type { IrqLine, MsiSink } from "../machine/irq.ts";
 import {
   COM1_IRQ,
   COM1_PORT,
+  I8042_AUX_IRQ,
   I8042_CMD_PORT,
   I8042_DATA_PORT,
   I8042_KBD_IRQ,
@@ -65,8 +66,6 @@ const PCI_CONFIG_PORT = 0xcf8;
 const RTC_PORT = 0x70;
 /** POST code port; Linux's io_delay writes it constantly. */
 const POST_PORT = 0x80;
-/** PS/2 mouse interrupt, needed so Linux's AUX probe does not wait for it. */
-const I8042_AUX_IRQ = 12;
 
 /** Ranges KVM's in-kernel PIC, PIT (and its speaker port), ELCR, IOAPIC and LAPIC answer. */
 const KERNEL_RANGES: readonly [string, "pio" | "mmio", number, number][] = [
@@ -304,6 +303,8 @@ export interface PcDevices {
   display: BochsDisplay | undefined;
   /** Main thread: the handlers of main-thread devices by id (answering request slots). */
   mainThread: (MainThreadDevice | undefined)[];
+  /** The i8042 with its PS/2 keyboard and mouse (host input goes in through it). */
+  i8042: I8042;
 }
 
 /** Builds this thread's device objects over `state` and a dispatcher over its registry. */
@@ -382,6 +383,7 @@ export function attachPcDevices(state: PcDeviceState, deps: PcDeviceDeps): PcDev
     handlers,
     com1,
     acpiPm,
+    i8042,
     pmTimer,
     pci,
     display,

@@ -26,6 +26,8 @@ import { Rtc } from "../machine/devices/rtc.ts";
 import { bootOnce } from "./builder.ts";
 import { prepareFirmware } from "./firmware_devices.ts";
 import { openAhciDrives } from "./ahci_host.ts";
+import { type ConsoleTargets, startConsole } from "./console.ts";
+import { allocateVram } from "./vram.ts";
 import {
   type ConsoleInput,
   enterRawMode,
@@ -107,6 +109,15 @@ export async function runVm(config: VmConfig): Promise<number> {
   const nets = config.nets?.length ? openNetBackends(config.nets) : undefined;
   const ahci = await openAhciDrives(config.disks, config.cdroms, config.sataOrder);
   let controlTarget: ControlTarget | undefined;
+  // Screen, keyboard and mouse for people (--vnc, --web); they follow the current boot.
+  const consoleTargets: ConsoleTargets = { input: undefined };
+  const frontEnds = await startConsole({
+    ...(config.vnc ? { vnc: config.vnc } : {}),
+    ...(config.vncPassword !== undefined ? { password: config.vncPassword } : {}),
+    ...(config.web ? { web: config.web } : {}),
+  }, consoleTargets);
+  // Synthetic video's VRAM, kept across reboots (front ends may hold views of it).
+  const vram = hasFeature(features, "synic") ? allocateVram(8 << 20) : undefined;
   const control = config.controlPath
     ? await serveControl(config.controlPath, () => controlTarget)
     : undefined;
@@ -144,7 +155,12 @@ export async function runVm(config: VmConfig): Promise<number> {
         vsock,
         doorbellEventfds,
         console: consoleInput,
-        publish: (t) => controlTarget = t ? { ...t, boots } : undefined,
+        frontEnds,
+        vram,
+        publish: (t) => {
+          controlTarget = t ? { ...t, boots } : undefined;
+          consoleTargets.input = t?.input;
+        },
       });
       switch (outcome.kind) {
         case "poweroff":
@@ -183,6 +199,7 @@ export async function runVm(config: VmConfig): Promise<number> {
     stdin?.stop();
     control?.close();
     vsock?.close();
+    frontEnds.close();
     if (serialFd > 2) close(serialFd);
     if (syndbg) close(syndbg.fd);
     await scsi?.close();

@@ -26,6 +26,7 @@ import {
   ACPI_START,
   COM1_IRQ,
   COM1_PORT,
+  I8042_AUX_IRQ,
   I8042_CMD_PORT,
   I8042_DATA_PORT,
   I8042_KBD_IRQ,
@@ -65,7 +66,8 @@ export interface AcpiOptions {
   readonly devices?: readonly Uint8Array[] | undefined;
   /** COM1 at 0x3F8/IRQ 4 in the DSDT (default true). */
   readonly serial?: boolean;
-  /** i8042 at 0x60/0x64/IRQ 1: FADT 8042 flag and a PNP0303 node (default true). */
+  /** i8042 at 0x60/0x64/IRQ 1 (mouse IRQ 12): FADT 8042 flag, PNP0303 and PNP0F13 nodes
+   * (default true). */
   readonly i8042?: boolean;
   /** The machine emulates the CMOS RTC at 0x70 (default true; false sets "CMOS RTC not present"). */
   readonly rtc?: boolean;
@@ -186,7 +188,12 @@ export function buildAcpiImage(options: AcpiOptions): AcpiImage {
     buildDsdt({
       com1: (options.serial ?? true) ? { port: COM1_PORT, irq: COM1_IRQ } : undefined,
       i8042: i8042
-        ? { dataPort: I8042_DATA_PORT, cmdPort: I8042_CMD_PORT, irq: I8042_KBD_IRQ }
+        ? {
+          dataPort: I8042_DATA_PORT,
+          cmdPort: I8042_CMD_PORT,
+          irq: I8042_KBD_IRQ,
+          auxIrq: I8042_AUX_IRQ,
+        }
         : undefined,
       powerButton: options.powerButton ?? true,
       s5SlpTyp: ACPI_S5_SLP_TYP,

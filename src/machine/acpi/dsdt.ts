@@ -5,6 +5,7 @@
  * Scope (\_SB) {
  *   Device (COM1) { _HID EISAID("PNP0501"), _UID 1, _CRS { IO 0x3F8/8, IRQNoFlags {4} } }
  *   Device (PS2K) { _HID EISAID("PNP0303"), _CRS { IO 0x60/1, IO 0x64/1, IRQNoFlags {1} } }
+ *   Device (PS2M) { _HID EISAID("PNP0F13"), _CRS { IRQNoFlags {12} } }   // with an AUX IRQ
  *   Device (PWRB) { _HID EISAID("PNP0C0C"), _UID 0 }
  *   Device (PCI0) {                                   // with a PCI root
  *     _HID EISAID("PNP0A03"), _UID 0, _ADR 0, _BBN 0,
@@ -46,7 +47,13 @@ export interface DsdtOptions {
   readonly com1?: { readonly port: number; readonly irq: number } | undefined;
   /** i8042 keyboard controller: data and command ports and keyboard IRQ, or absent. */
   readonly i8042?:
-    | { readonly dataPort: number; readonly cmdPort: number; readonly irq: number }
+    | {
+      readonly dataPort: number;
+      readonly cmdPort: number;
+      readonly irq: number;
+      /** The PS/2 mouse's IRQ: a PNP0F13 node (Linux's i8042 skips the AUX port without one). */
+      readonly auxIrq?: number;
+    }
     | undefined;
   /** Declare an ACPI power button device (PNP0C0C). */
   readonly powerButton?: boolean;
@@ -129,6 +136,13 @@ export function buildDsdtAml(o: DsdtOptions): Uint8Array {
         ),
       ),
     ));
+    if (k.auxIrq !== undefined) {
+      sb.push(device(
+        "PS2M",
+        name("_HID", eisaId("PNP0F13")),
+        name("_CRS", resourceTemplate(irqNoFlags(k.auxIrq))),
+      ));
+    }
   }
   if (o.powerButton) {
     sb.push(device("PWRB", name("_HID", eisaId("PNP0C0C")), name("_UID", integer(0))));

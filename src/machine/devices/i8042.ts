@@ -1,23 +1,34 @@
 /**
- * Minimal i8042 PS/2 controller (ports 0x60/0x64): offset 0 is data, offset 4 is status (read)
- * and command (write). No keyboard or mouse is attached.
+ * i8042 PS/2 controller (ports 0x60/0x64): offset 0 is data, offset 4 is status (read) and
+ * command (write), with the PS/2 keyboard and mouse of `ps2.ts` behind it (IRQ 1 and 12).
  *
  * What it is for: the reset line (command 0xFE, or an output-port write clearing bit 0), which
  * Linux's `reboot=k` path and many other guests use, and answering Linux's i8042 probe quickly
  * instead of letting it spin on timeouts. The controller itself is complete enough for that
  * probe: self-test (0xAA → 0x55), interface tests, command byte read/write (0x20/0x60), port
- * enable/disable, and the AUX loopback (0xD3) Linux uses to test AUX interrupt delivery. Bytes
- * written to the (absent) keyboard or mouse are answered with 0xFE (resend/NAK), so libps2
- * commands fail at once and atkbd/psmouse give up without waiting.
+ * enable/disable, and the AUX loopback (0xD3) Linux uses to test AUX interrupt delivery.
  *
- * State is in a SharedArrayBuffer without a lock: only vCPU threads touch it and the guest
- * serialises its own accesses (Linux's i8042_lock).
+ * Keyboard and mouse: bytes written to the data port go to the keyboard, or to the mouse after
+ * 0xD4; their answers and the host's keys and motion (`ps2Key`, `ps2Mouse`, called on the main
+ * thread) wait in per-device queues, and whenever the output buffer is empty the next byte moves
+ * in (keyboard first), unless the command byte disables that port.
+ *
+ * State is in a SharedArrayBuffer behind one lock: vCPU threads run the guest's accesses, the
+ * main thread injects host input.
  * @module
  */
 import type { BusDevice } from "../bus.ts";
 import type { IrqLine } from "../irq.ts";
 import type { PowerControl } from "../power.ts";
 import { getLogger, rateLimited } from "../../util/log.ts";
+import { lockAcquire, lockRelease } from "./spin_lock.ts";
+import {
+  PS2_KEYBOARD_SLOTS,
+  PS2_MOUSE_SLOTS,
+  PS2_QUEUE_BYTES,
+  Ps2Keyboard,
+  Ps2Mouse,
+} from "./ps2.ts";
 
 /** Data port offset. */
 export const I8042_DATA = 0;
@@ -63,7 +74,6 @@ const CMD_AUX_SEND = 0xd4; // next data byte goes to the mouse
 // 0xF0-0xFF pulse output port bits 3:0 low; 0xFE pulses the reset line.
 
 const SELF_TEST_OK = 0x55;
-const DEVICE_NAK = 0xfe; // what an absent PS/2 device "answers": resend
 
 const CTR_INIT = CTR_XLATE | CTR_SYS | CTR_AUXINT | CTR_KBDINT;
 const OUTPORT_INIT = 0x03; // reset line high (running), A20 enabled
@@ -78,7 +88,12 @@ const S_OUTPORT = 5;
 const S_LAST_CMD = 6;
 const S_KBD_LEVEL = 7;
 const S_AUX_LEVEL = 8;
-const SLOTS = 9;
+const S_LOCK = 9;
+const S_KBD = 10; // keyboard state slots, then the mouse's, then both queues' bytes
+const S_MOUSE = S_KBD + PS2_KEYBOARD_SLOTS;
+const SLOTS = S_MOUSE + PS2_MOUSE_SLOTS;
+const QUEUES_OFFSET = SLOTS * 4;
+const STATE_BYTES = QUEUES_OFFSET + 2 * PS2_QUEUE_BYTES;
 
 const log = getLogger("machine", "i8042");
 
@@ -102,13 +117,19 @@ export class I8042 implements BusDevice {
   readonly #kbdIrq: IrqLine | undefined;
   readonly #auxIrq: IrqLine | undefined;
   readonly #limit = rateLimited();
+  /** The PS/2 keyboard behind the first port. */
+  readonly keyboard: Ps2Keyboard;
+  /** The PS/2 mouse behind the AUX port. */
+  readonly mouse: Ps2Mouse;
 
   /** Creates the shared state in the post-firmware configuration. */
   static createState(): SharedArrayBuffer {
-    const sab = new SharedArrayBuffer(SLOTS * 4);
-    const s = new Int32Array(sab);
+    const sab = new SharedArrayBuffer(STATE_BYTES);
+    const s = new Int32Array(sab, 0, SLOTS);
     s[S_CTR] = CTR_INIT;
     s[S_OUTPORT] = OUTPORT_INIT;
+    Ps2Keyboard.init(s, S_KBD);
+    Ps2Mouse.init(s, S_MOUSE);
     return sab;
   }
 
@@ -118,21 +139,78 @@ export class I8042 implements BusDevice {
     this.#power = options.power;
     this.#kbdIrq = options.kbdIrq;
     this.#auxIrq = options.auxIrq;
+    this.keyboard = new Ps2Keyboard(
+      this.#s,
+      S_KBD,
+      new Uint8Array(state, QUEUES_OFFSET, PS2_QUEUE_BYTES),
+    );
+    this.mouse = new Ps2Mouse(
+      this.#s,
+      S_MOUSE,
+      new Uint8Array(state, QUEUES_OFFSET + PS2_QUEUE_BYTES, PS2_QUEUE_BYTES),
+    );
   }
 
   /** Guest read: data (offset 0) or status (offset 4); other offsets float to 0xFF. */
   read(offset: number, data: Uint8Array): void {
     data.fill(0xff);
-    if (offset === I8042_DATA) data[0] = this.#readData();
-    else if (offset === I8042_COMMAND) data[0] = this.#status();
+    this.#locked(() => {
+      if (offset === I8042_DATA) data[0] = this.#readData();
+      else if (offset === I8042_COMMAND) data[0] = this.#status();
+    });
   }
 
   /** Guest write: data (offset 0) or command (offset 4); the first byte is used. */
   write(offset: number, data: Uint8Array): void {
     const value = data[0];
     if (value === undefined) return;
-    if (offset === I8042_DATA) this.#writeData(value);
-    else if (offset === I8042_COMMAND) this.#writeCommand(value);
+    this.#locked(() => {
+      if (offset === I8042_DATA) this.#writeData(value);
+      else if (offset === I8042_COMMAND) this.#writeCommand(value);
+    });
+  }
+
+  /**
+   * Host input: one key on the PS/2 keyboard (`set1`/`set2` codes, 0xE0xx for extended keys),
+   * sent as set 1 while the controller translates. False when the guest disabled the keyboard
+   * or its queue is full.
+   */
+  ps2Key(set1: number, set2: number, down: boolean): boolean {
+    return this.#locked(() => {
+      const ok = this.keyboard.key(set1, set2, down, (this.#s[S_CTR]! & CTR_XLATE) !== 0);
+      this.#refill();
+      return ok;
+    });
+  }
+
+  /** Host input: mouse motion (pixels, y down), wheel steps (positive: up) and buttons. */
+  ps2Mouse(dx: number, dy: number, wheel: number, buttons: number): boolean {
+    return this.#locked(() => {
+      const ok = this.mouse.motion(dx, dy, wheel, buttons);
+      this.#refill();
+      return ok;
+    });
+  }
+
+  #locked<T>(fn: () => T): T {
+    lockAcquire(this.#s, S_LOCK);
+    try {
+      return fn();
+    } finally {
+      lockRelease(this.#s, S_LOCK);
+    }
+  }
+
+  /** Moves the next queued device byte into an empty output buffer. */
+  #refill(): void {
+    const s = this.#s;
+    if (s[S_OBF]) return;
+    const ctr = s[S_CTR]!;
+    if (!(ctr & CTR_KBDDIS) && this.keyboard.queue.length > 0) {
+      this.#respond(this.keyboard.queue.pop()!, false);
+    } else if (!(ctr & CTR_AUXDIS) && this.mouse.queue.length > 0) {
+      this.#respond(this.mouse.queue.pop()!, true);
+    }
   }
 
   #status(): number {
@@ -146,8 +224,10 @@ export class I8042 implements BusDevice {
   #readData(): number {
     const s = this.#s;
     s[S_OBF] = 0; // reading empties the buffer; an empty read returns the stale byte
+    const value = s[S_OUT]!;
     this.#updateIrqs();
-    return s[S_OUT]!;
+    this.#refill();
+    return value;
   }
 
   #writeCommand(cmd: number): void {
@@ -215,7 +295,8 @@ export class I8042 implements BusDevice {
     s[S_PENDING] = 0;
     switch (pending) {
       case 0:
-        this.#respond(DEVICE_NAK, false); // to the keyboard, which is not there
+        this.keyboard.write(value, (s[S_CTR]! & CTR_XLATE) !== 0);
+        this.#refill();
         break;
       case CMD_WRITE_CTR:
         this.#setCtr(value);
@@ -231,7 +312,8 @@ export class I8042 implements BusDevice {
         this.#respond(value, true);
         break;
       case CMD_AUX_SEND:
-        this.#respond(DEVICE_NAK, true); // to the mouse, which is not there
+        this.mouse.write(value);
+        this.#refill();
         break;
       default:
         break; // controller RAM bytes 1-31: not kept
@@ -241,6 +323,7 @@ export class I8042 implements BusDevice {
   #setCtr(value: number): void {
     this.#s[S_CTR] = value & 0xff;
     this.#updateIrqs();
+    this.#refill(); // a port enabled again may have bytes waiting
   }
 
   #respond(value: number, aux: boolean): void {

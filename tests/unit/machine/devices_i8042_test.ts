@@ -131,29 +131,152 @@ Deno.test("i8042: Linux controller probe completes without timeouts", () => {
   deepStrictEqual(i8042Command(0xab, [], 1), [0x00]);
 });
 
-Deno.test("i8042: bytes to the absent keyboard and mouse are NAKed with an interrupt", () => {
+Deno.test("i8042: keyboard and mouse answer identify with an interrupt each byte", () => {
   const { i8042Command, writeData, status, readData, kbdIrq, auxIrq } = makeKbc();
   writeData(0xf2); // keyboard GETID
   strictEqual(status() & (STATUS_OBF | STATUS_AUXDATA), STATUS_OBF);
   strictEqual(kbdIrq.level, true);
-  strictEqual(readData(), 0xfe);
+  strictEqual(readData(), 0xfa);
+  strictEqual(kbdIrq.level, true, "the next byte moved in");
+  strictEqual(readData(), 0xab);
+  strictEqual(readData(), 0x41, "MF2 id, translated");
   strictEqual(kbdIrq.level, false);
   i8042Command(0xd4, [0xf2], 0); // mouse GETID
   strictEqual(status() & (STATUS_OBF | STATUS_AUXDATA), STATUS_OBF | STATUS_AUXDATA);
   strictEqual(auxIrq.level, true);
-  strictEqual(readData(), 0xfe);
+  strictEqual(readData(), 0xfa);
+  strictEqual(readData(), 0x00);
   strictEqual(auxIrq.level, false);
 });
 
 Deno.test("i8042: interrupts follow the CTR enable bits", () => {
   const { i8042Command, writeData, readData, kbdIrq } = makeKbc();
   i8042Command(0x60, [0x44], 0); // KBDINT off
-  writeData(0xee);
+  writeData(0xee); // echo
   deepStrictEqual(kbdIrq.levels, []);
   i8042Command(0x60, [0x45], 0); // enabling with a byte waiting raises the line
   deepStrictEqual(kbdIrq.levels, [true]);
-  strictEqual(readData(), 0xfe);
+  strictEqual(readData(), 0xee);
   deepStrictEqual(kbdIrq.levels, [true, false]);
+});
+
+/** Reads every byte the controller has, as Linux's interrupt handler would. */
+function drain(k: ReturnType<typeof makeKbc>): { byte: number; aux: boolean }[] {
+  const out = [];
+  while (k.status() & STATUS_OBF) {
+    const aux = (k.status() & STATUS_AUXDATA) !== 0;
+    out.push({ byte: k.readData(), aux });
+  }
+  return out;
+}
+const bytes = (xs: { byte: number }[]) => xs.map((x) => x.byte);
+
+Deno.test("PS/2 keyboard: host keys are set 1 while translating, set 2 with F0 breaks without", () => {
+  const k = makeKbc();
+  k.kbc.ps2Key(0x1e, 0x1c, true); // a
+  k.kbc.ps2Key(0x1e, 0x1c, false);
+  k.kbc.ps2Key(0xe053, 0xe071, true); // delete
+  k.kbc.ps2Key(0xe053, 0xe071, false);
+  deepStrictEqual(bytes(drain(k)), [0x1e, 0x9e, 0xe0, 0x53, 0xe0, 0xd3]);
+  k.i8042Command(0x60, [0x07], 0); // translation off
+  k.kbc.ps2Key(0x1e, 0x1c, true);
+  k.kbc.ps2Key(0x1e, 0x1c, false);
+  k.kbc.ps2Key(0xe053, 0xe071, false);
+  deepStrictEqual(bytes(drain(k)), [0x1c, 0xf0, 0x1c, 0xe0, 0xf0, 0x71]);
+});
+
+Deno.test("PS/2 keyboard: LEDs, typematic, scan set query, disable drops keys, reset", () => {
+  const k = makeKbc();
+  k.writeData(0xed);
+  k.writeData(0x04); // caps lock
+  k.writeData(0xf3);
+  k.writeData(0x20);
+  deepStrictEqual(bytes(drain(k)), [0xfa, 0xfa, 0xfa, 0xfa]);
+  strictEqual(k.kbc.keyboard.leds, 4);
+  strictEqual(k.kbc.keyboard.typematic, 0x20);
+  k.writeData(0xf0);
+  k.writeData(0x00);
+  deepStrictEqual(bytes(drain(k)), [0xfa, 0xfa, 0x41], "set 2, translated");
+  k.writeData(0xf5);
+  drain(k);
+  strictEqual(k.kbc.ps2Key(0x1e, 0x1c, true), false);
+  deepStrictEqual(drain(k), []);
+  k.writeData(0xff);
+  deepStrictEqual(bytes(drain(k)), [0xfa, 0xaa]);
+  strictEqual(k.kbc.keyboard.leds, 0);
+  strictEqual(k.kbc.ps2Key(0x1e, 0x1c, true), true, "reset enables scanning");
+});
+
+Deno.test("PS/2 keyboard: bytes wait while the port is disabled in the command byte", () => {
+  const k = makeKbc();
+  k.i8042Command(0xad, [], 0); // keyboard port off
+  k.kbc.ps2Key(0x1e, 0x1c, true);
+  deepStrictEqual(drain(k), []);
+  k.i8042Command(0xae, [], 0);
+  deepStrictEqual(bytes(drain(k)), [0x1e]);
+});
+
+Deno.test("PS/2 mouse: reset, reporting, 3-byte packets, IntelliMouse knock gives wheel bytes", () => {
+  const k = makeKbc();
+  const mouse = (b: number) => k.i8042Command(0xd4, [b], 0);
+  strictEqual(k.kbc.ps2Mouse(1, 1, 0, 0), false, "reporting off after power-on");
+  mouse(0xff);
+  deepStrictEqual(drain(k), [
+    { byte: 0xfa, aux: true },
+    { byte: 0xaa, aux: true },
+    { byte: 0x00, aux: true },
+  ]);
+  mouse(0xf4);
+  drain(k);
+  strictEqual(k.kbc.ps2Mouse(5, 3, 0, 1), true);
+  deepStrictEqual(bytes(drain(k)), [0x08 | 0x01 | 0x20, 5, 0xfd], "y up is positive");
+  k.kbc.ps2Mouse(-300, 0, 0, 0);
+  deepStrictEqual(bytes(drain(k)), [0x18, 0x01, 0, 0x18, 0xd3, 0], "split at 255");
+  for (const r of [200, 100, 80]) {
+    mouse(0xf3);
+    mouse(r);
+  }
+  mouse(0xf2);
+  deepStrictEqual(bytes(drain(k)).slice(-2), [0xfa, 0x03]);
+  k.kbc.ps2Mouse(0, 0, 1, 0);
+  deepStrictEqual(bytes(drain(k)), [0x08, 0, 0, 0xff], "wheel up is -1 in the IntelliMouse byte");
+  mouse(0xe9);
+  deepStrictEqual(bytes(drain(k)), [0xfa, 0x20, 2, 80]);
+});
+
+Deno.test("PS/2: waiting keyboard bytes go first; hostile byte streams never throw", () => {
+  const k = makeKbc();
+  k.i8042Command(0xd4, [0xf4], 0);
+  drain(k);
+  k.kbc.ps2Mouse(1, 0, 0, 0); // its first byte takes the empty output buffer
+  k.kbc.ps2Key(0x1e, 0x1c, true);
+  deepStrictEqual(drain(k), [
+    { byte: 0x08, aux: true },
+    { byte: 0x1e, aux: false },
+    { byte: 0x01, aux: true },
+    { byte: 0x00, aux: true },
+  ]);
+  let seed = 7;
+  const rnd = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) >> 8;
+  for (let i = 0; i < 20000; i++) {
+    const v = rnd() & 0xff;
+    switch (rnd() % 5) {
+      case 0:
+        k.command(v);
+        break;
+      case 1:
+        k.writeData(v);
+        break;
+      case 2:
+        k.readData();
+        break;
+      case 3:
+        k.kbc.ps2Key(0x1e, 0x1c, (v & 1) === 0);
+        break;
+      default:
+        k.kbc.ps2Mouse((v % 600) - 300, v - 128, v % 3, v);
+    }
+  }
 });
 
 Deno.test("i8042: status CMD bit tracks the last port written; odd offsets float", () => {
