@@ -76,6 +76,7 @@ boot options:
   --vnc-password PW      VNC authentication (1-8 bytes; the link is not encrypted)
   --web IPV4:PORT        web console (noVNC in the browser) at the URL printed at start,
                          with a random token; loopback only unless --web-allow-remote
+  --web-allow-remote     let --web listen outside 127/8 (plain HTTP, guarded by the token)
   --vsock PATH           hv_sock (AF_VSOCK over VMBus), Firecracker-style: a guest connecting to
                          CID 2 port P reaches the unix socket PATH_P; a host client connecting to
                          PATH and writing "CONNECT P\n" reaches a guest listening on port P

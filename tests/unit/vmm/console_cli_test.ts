@@ -44,7 +44,7 @@ Deno.test("startConsole refuses to replace a file that is not a socket, and keep
   try {
     await assert.rejects(
       () => startConsole({ vnc: { kind: "unix", path } }, { input: undefined }),
-      /not a socket is in the way/,
+      /a regular file is already there; refusing to replace it/,
     );
     assert.equal(Deno.readTextFileSync(path), "keep me");
     const sock = `${dir}/vnc.sock`;
