@@ -182,8 +182,9 @@ Deno.test({
     const ctx = describeRun(run, 40);
     assert.equal(run.code, 0, ctx);
     assert.equal(run.marks.get("boot"), "2", ctx);
-    assert.equal(run.serial.match(/@@hyperdeno:mark vmbus_devices=4/g)?.length, 2, ctx);
-    assertMark(run, "vmbus_devices", "4");
+    // Six ICs (shutdown, time sync, heartbeat, KVP, file copy, VSS) and dynamic memory.
+    assert.equal(run.serial.match(/@@hyperdeno:mark vmbus_devices=7/g)?.length, 2, ctx);
+    assertMark(run, "vmbus_devices", "7");
   },
 });
 
