@@ -4,8 +4,9 @@
  *
  * ```text
  * hyperdeno: starting kernel bzImage, initrd init.img; 512 MiB, 2 vCPUs; devices: COM1, RTC,
- * i8042, ACPI PM, PCI host, VMBus (shutdown, timesync, heartbeat, KVP, SCSI 1 disk); Hyper-V:
- * all; console: stdio; control: /tmp/vm.sock
+ * i8042, i440FX/PIIX (ACPI PM), VMBus (shutdown, timesync, heartbeat, KVP, file copy, VSS, dynamic
+ * memory, keyboard, mouse, video, SCSI 1 disk); Hyper-V: all; console: stdio; control:
+ * /tmp/vm.sock
  * ```
  * (one line; wrapped here).
  * @module
@@ -14,10 +15,24 @@ import { hasFeature, type HvFeatures } from "../hyperv/mod.ts";
 import type { VmConfig } from "./config.ts";
 
 /** Devices every VM has (`attachPcDevices`). */
-const PC_DEVICES = ["COM1", "RTC", "i8042", "ACPI PM", "PCI host"];
+const PC_DEVICES = ["COM1", "RTC", "i8042", "i440FX/PIIX (ACPI PM)"];
 
-/** The VMBus devices every VM with the SynIC gets (`createIntegrationComponents`). */
-const VMBUS_ICS = ["shutdown", "timesync", "heartbeat", "KVP"];
+/**
+ * The VMBus devices every VM with the SynIC gets: the ICs (`createIntegrationComponents`), then
+ * what the builder's VMBus step adds to every boot.
+ */
+const VMBUS_DEVICES = [
+  "shutdown",
+  "timesync",
+  "heartbeat",
+  "KVP",
+  "file copy",
+  "VSS",
+  "dynamic memory",
+  "keyboard",
+  "mouse",
+  "video",
+];
 
 /** A user's path as it goes in the line: control characters escaped, so it stays one line. */
 function shown(path: string): string {
@@ -52,23 +67,64 @@ function consoleAddress(serial: VmConfig["serial"]): string {
 export function startSummary(
   config: Pick<
     VmConfig,
-    "kernelPath" | "initrdPath" | "memoryBytes" | "cpus" | "disks" | "hv" | "serial" | "controlPath"
+    | "kernelPath"
+    | "initrdPath"
+    | "firmware"
+    | "memoryBytes"
+    | "cpus"
+    | "disks"
+    | "cdroms"
+    | "nets"
+    | "display"
+    | "hv"
+    | "serial"
+    | "controlPath"
+    | "vnc"
+    | "web"
+    | "vsockPath"
   >,
   features: HvFeatures,
 ): string {
   const devices = [...PC_DEVICES];
+  if (config.display.kind === "bochs") {
+    devices.push(`bochs display ${config.display.width}x${config.display.height}`);
+  }
+  const sata = config.disks.filter((d) => d.bus === "sata").length;
+  const scsi = config.disks.length - sata;
+  const cdroms = config.cdroms?.length ?? 0;
+  if (sata + cdroms > 0) {
+    const drives = [sata > 0 ? plural(sata, "disk") : "", cdroms > 0 ? plural(cdroms, "CD") : ""];
+    devices.push(`AHCI (${drives.filter((d) => d !== "").join(", ")})`);
+  }
   if (hasFeature(features, "synic")) {
-    const vmbus = [...VMBUS_ICS];
-    if (config.disks.length > 0) vmbus.push(`SCSI ${plural(config.disks.length, "disk")}`);
+    const vmbus = [...VMBUS_DEVICES];
+    if (scsi > 0) vmbus.push(`SCSI ${plural(scsi, "disk")}`);
+    for (const n of config.nets ?? []) vmbus.push(`NIC on ${shown(n.tap)}`);
+    if (config.vsockPath !== undefined) vmbus.push(`hv_sock ${shown(config.vsockPath)}`);
     devices.push(`VMBus (${vmbus.join(", ")})`);
   }
+  const payload = config.firmware
+    ? `firmware ${shown(config.firmware.codePath)}, vars ${
+      config.firmware.varsPath !== undefined ? shown(config.firmware.varsPath) : "(this run only)"
+    }`
+    : `kernel ${shown(config.kernelPath)}` +
+      (config.initrdPath !== undefined ? `, initrd ${shown(config.initrdPath)}` : "");
+  const screens = [
+    config.vnc
+      ? `VNC ${
+        config.vnc.kind === "unix"
+          ? `unix:${shown(config.vnc.path)}`
+          : `${config.vnc.hostname}:${config.vnc.port}`
+      }`
+      : "",
+    config.web ? `web ${config.web.hostname}:${config.web.port}` : "",
+  ].filter((x) => x !== "");
   return [
-    `hyperdeno: starting kernel ${shown(config.kernelPath)}` +
-    (config.initrdPath !== undefined ? `, initrd ${shown(config.initrdPath)}` : ""),
+    `hyperdeno: starting ${payload}`,
     `${mib(config.memoryBytes)}, ${plural(config.cpus, "vCPU")}`,
     `devices: ${devices.join(", ")}`,
     `Hyper-V: ${config.hv}`,
-    `console: ${consoleAddress(config.serial)}`,
+    `console: ${consoleAddress(config.serial)}${screens.length ? `, ${screens.join(", ")}` : ""}`,
     `control: ${config.controlPath !== undefined ? shown(config.controlPath) : "none"}`,
   ].join("; ");
 }
