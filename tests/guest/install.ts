@@ -3,8 +3,8 @@
  * installer for both, which says what it installs and why, runs `apt-get` (as root) with its own
  * progress on the terminal, and says how long it took. `neededPackages` is a pure function of
  * `InstallFacts` (what is already on the host); `prepareGuestHost` does the whole step: the guest
- * kit's packages, then the machine mode (`decideMachineMode`) and QEMU when the nested test
- * machine is needed.
+ * kit's packages, the VMM's Deno modules (`cacheVmmModules`), then the machine mode
+ * (`decideMachineMode`) and QEMU when the nested test machine is needed.
  *
  * `HYPERDENO_TEST_NO_INSTALL=1` never runs apt-get (it says what is missing instead). Inside the
  * test machine nothing is installed: it runs on the host's root, already prepared.
@@ -12,6 +12,7 @@
  */
 import { findHostKernel, findStaticBusybox } from "./kit/host.ts";
 import { missingGrubIsoPackages } from "./kit/grub_iso.ts";
+import { sha256Hex } from "./kit/initramfs.ts";
 import {
   decideMachineMode,
   gatherMachineFacts,
@@ -235,6 +236,49 @@ export async function installPackages(
   return { ok: true, seconds: seconds() };
 }
 
+const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+
+/**
+ * Fills Deno's cache with the VMM's whole module graph (`cli.ts` and its vCPU worker), npm
+ * metadata included, once per lockfile, Deno and cache directory. Without this a first
+ * `deno task demo` caches only the npm package's tarball, and later `cli.ts` runs (the test
+ * machine's, which has no network, or the user's next one) try to fetch its registry metadata.
+ * `deno cache` itself always asks the registry, so a stamp under `.cache/` says it was done.
+ */
+export async function cacheVmmModules(): Promise<InstallResult> {
+  const started = performance.now();
+  const denoDir = Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME") ?? ""}/.cache/deno`;
+  const key = await sha256Hex(
+    new TextEncoder().encode(
+      [await Deno.readTextFile(`${REPO}/deno.lock`), Deno.version.deno, denoDir].join("\0"),
+    ),
+  );
+  const stamp = `${REPO}/.cache/deno-modules-${key.slice(0, 16)}`;
+  if (await Deno.stat(stamp).then(() => true, () => false)) return { ok: true, seconds: 0 };
+  const st = await new Deno.Command(Deno.execPath(), {
+    args: ["cache", "cli.ts", "src/vmm/vcpu_thread.ts"],
+    cwd: REPO,
+    stdin: "null",
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn().status;
+  const seconds = (performance.now() - started) / 1000;
+  if (!st.success) {
+    return {
+      ok: false,
+      seconds,
+      problem: `deno cache cli.ts failed (exit ${st.code}): the VMM's npm dependency ` +
+        "(@logtape/logtape) could not be fetched from the npm registry",
+    };
+  }
+  await Deno.mkdir(`${REPO}/.cache`, { recursive: true });
+  await Deno.writeTextFile(
+    stamp,
+    `deno cache cli.ts src/vmm/vcpu_thread.ts, DENO_DIR ${denoDir}\n`,
+  );
+  return { ok: true, seconds };
+}
+
 /** The host, ready (or not) to run guests. */
 export interface PreparedHost {
   /** How guests run; `skip` says why they cannot. */
@@ -258,6 +302,11 @@ export async function prepareGuestHost(
   installSeconds += kit.seconds;
   let mode = decideMachineMode(gatherMachineFacts());
   if (!kit.ok) return { mode, installSeconds, problem: kit.problem ?? "packages missing" };
+  if (Deno.env.get("HYPERDENO_IN_TEST_MACHINE") !== "1") {
+    const modules = await cacheVmmModules();
+    installSeconds += modules.seconds;
+    if (!modules.ok) return { mode, installSeconds, problem: modules.problem ?? "deno cache" };
+  }
   const machineNeeds = machinePackages(mode, await gatherInstallFacts());
   if (machineNeeds.length > 0) {
     const qemu = await installPackages(machineNeeds, say);
