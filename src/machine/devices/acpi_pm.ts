@@ -4,8 +4,10 @@
  * The FADT points PM1a_EVT_BLK at the base and PM1a_CNT_BLK at base + 4.
  *
  * Writing PM1_CNT with SLP_EN and SLP_TYP = {@linkcode S5_SLP_TYP} powers the machine off; the
- * DSDT's `\_S5` package must carry that value. Other sleep states are not supported (the DSDT
- * declares none) and are ignored. SCI_EN reads 1: there is no SMI_CMD port, the machine is always
+ * DSDT's `\_S5` package must carry that value. SLP_TYP {@linkcode PIIX4_S5_SLP_TYP} does too, as
+ * on QEMU's PIIX4 (whose DSDT declares `\_S5` as 0): OVMF's shutdown on an i440FX board writes it
+ * without reading the DSDT. Other sleep states are not supported (the DSDT declares none) and are
+ * ignored. SCI_EN reads 1: there is no SMI_CMD port, the machine is always
  * in ACPI mode. With an `sci` line, {@linkcode AcpiPm.pressPowerButton} raises the fixed
  * power-button event.
  * @module
@@ -31,6 +33,8 @@ export const ACPI_PM_PORT_COUNT = 6;
 
 /** SLP_TYP value for S5 (soft off): the DSDT's `\_S5` package carries it. */
 export const S5_SLP_TYP = 5;
+/** SLP_TYP that QEMU's PIIX4 treats as soft off, and OVMF writes to power an i440FX board off. */
+export const PIIX4_S5_SLP_TYP = 0;
 
 /** PM1_STS / PM1_EN bit: power button. */
 export const PM1_PWRBTN = 1 << 8;
@@ -147,7 +151,7 @@ export class AcpiPm implements BusDevice {
     } finally {
       lockRelease(s, S_LOCK);
     }
-    if (sleep === S5_SLP_TYP) this.#power.powerOff();
+    if (sleep === S5_SLP_TYP || sleep === PIIX4_S5_SLP_TYP) this.#power.powerOff();
     else if (sleep >= 0) {
       this.#limit((dropped) =>
         log.info("Guest asked for sleep type {type}; only S5 ({s5}) is supported, ignoring", {

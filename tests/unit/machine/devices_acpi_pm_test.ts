@@ -61,8 +61,16 @@ Deno.test("acpi-pm: a byte write of PM1_CNT's high byte is enough", () => {
 
 Deno.test("acpi-pm: other sleep types are ignored", () => {
   const { outw, power } = makePm();
-  for (const typ of [0, 1, 3, 4, 7]) outw(PM1_CNT_OFFSET, (typ << 10) | PM1_CNT_SLP_EN);
+  for (const typ of [1, 2, 3, 4, 6, 7]) outw(PM1_CNT_OFFSET, (typ << 10) | PM1_CNT_SLP_EN);
   strictEqual(power.offs, 0);
+});
+
+Deno.test("acpi-pm: SLP_TYP 0 with SLP_EN powers off too, as OVMF shuts an i440FX board down", () => {
+  const { outw, power } = makePm();
+  outw(PM1_CNT_OFFSET, 1); // SCI_EN, SLP_TYP 0, no SLP_EN: nothing
+  strictEqual(power.offs, 0);
+  outw(PM1_CNT_OFFSET, PM1_CNT_SLP_EN | 1);
+  strictEqual(power.offs, 1);
 });
 
 Deno.test("acpi-pm: PM1_CNT reads SCI_EN and keeps SLP_TYP, never SLP_EN", () => {
