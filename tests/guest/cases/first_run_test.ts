@@ -66,8 +66,9 @@ Deno.test({
     assert.equal(
       first,
       `hyperdeno: starting kernel ${kernel}, initrd ${initrd}; 512 MiB, 2 vCPUs; ` +
-        "devices: COM1, RTC, i8042, ACPI PM, PCI host, " +
-        "VMBus (shutdown, timesync, heartbeat, KVP); Hyper-V: all; console: stdio; " +
+        "devices: COM1, RTC, i8042, i440FX/PIIX (ACPI PM), VMBus (shutdown, timesync, " +
+        "heartbeat, KVP, file copy, VSS, dynamic memory, keyboard, mouse, video); " +
+        "Hyper-V: all; console: stdio; " +
         `control: ${control}`,
       ctx,
     );
