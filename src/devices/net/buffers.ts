@@ -68,29 +68,25 @@ export class HostBuffer {
 
   /** Copies buffer bytes `[offset, offset+length)` to host address `dst`; false if outside. */
   copyOut(offset: number, dst: number, length: number): boolean {
-    if (!this.contains(offset, length)) return false;
-    let i = this.#find(offset);
-    let o = offset - this.#starts[i]!;
-    let done = 0;
-    while (done < length) {
-      const n = Math.min(this.#lens[i]! - o, length - done);
-      hostCalls.memcpy(dst + done, this.#addrs[i]! + o, n);
-      done += n;
-      i++;
-      o = 0;
-    }
-    return true;
+    return this.#copy(offset, dst, length, false);
   }
 
   /** Copies `length` bytes from host address `src` into the buffer at `offset`; false if outside. */
   copyIn(offset: number, src: number, length: number): boolean {
+    return this.#copy(offset, src, length, true);
+  }
+
+  /** Walks the buffer's pieces over `[offset, offset+length)`, copying to or from `host`. */
+  #copy(offset: number, host: number, length: number, intoBuffer: boolean): boolean {
     if (!this.contains(offset, length)) return false;
     let i = this.#find(offset);
     let o = offset - this.#starts[i]!;
     let done = 0;
     while (done < length) {
       const n = Math.min(this.#lens[i]! - o, length - done);
-      hostCalls.memcpy(this.#addrs[i]! + o, src + done, n);
+      const piece = this.#addrs[i]! + o;
+      if (intoBuffer) hostCalls.memcpy(piece, host + done, n);
+      else hostCalls.memcpy(host + done, piece, n);
       done += n;
       i++;
       o = 0;
