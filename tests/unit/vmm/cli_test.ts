@@ -85,34 +85,43 @@ Deno.test("per-vCPU CPUID carries the APIC id, CPU count and hypervisor bit", ()
 /** What `boot` says first on this host when its /dev/kvm cannot run the guest. */
 const HOST_VERDICT = judgeKvmHost(readKvmHostFacts());
 
+const CLI = new URL("../../../cli.ts", import.meta.url).pathname;
+
+/** Runs `cli.ts` with `args`; its exit code and what it printed. */
+async function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, ...args],
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** Asserts a usage error: exit 2 and one line on stderr matching `re`. */
+async function assertUsageError(args: string[], re: RegExp): Promise<void> {
+  const { code, stderr } = await runCli(args);
+  assert.equal(code, 2, stderr);
+  assert.match(stderr, re);
+  assert.equal(stderr.trim().split("\n").length, 1, `one line, got: ${stderr}`);
+}
+
 Deno.test("the CLI prints one line and exits 2 on bad input", async () => {
-  const cli = new URL("../../../cli.ts", import.meta.url).pathname;
   // Input errors come before the host verdict: the same answers on any host.
   const cases: [string[], RegExp][] = [
     [
       ["boot", "--kernel", "/nonexistent/vmlinuz"],
       /^hyperdeno: kernel '\/nonexistent\/vmlinuz' does not exist\n$/,
     ],
-    [["boot", "--kernel", cli], /^hyperdeno: .* is not a Linux bzImage/],
-    [["boot", "--kernel", cli, "--cpus", "0"], /^hyperdeno: --cpus: 0 is outside 1\.\.64\n$/],
+    [["boot", "--kernel", CLI], /^hyperdeno: .* is not a Linux bzImage/],
+    [["boot", "--kernel", CLI, "--cpus", "0"], /^hyperdeno: --cpus: 0 is outside 1\.\.64\n$/],
     [["frob"], /^hyperdeno: unknown command 'frob'/],
   ];
-  for (const [args, re] of cases) {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", cli, ...args],
-      stdout: "piped",
-      stderr: "piped",
-      stdin: "null",
-    }).output();
-    const err = new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 2, err);
-    assert.match(err, re);
-    assert.equal(err.trim().split("\n").length, 1, `one line, got: ${err}`);
-  }
+  for (const [args, re] of cases) await assertUsageError(args, re);
 });
 
 Deno.test("boot --control never replaces a user's file or a live socket", async () => {
-  const cli = new URL("../../../cli.ts", import.meta.url).pathname;
   // The path is checked before the kernel runs or KVM is opened: a kernel file that parses will do.
   const dir = await Deno.makeTempDir();
   const kernel = `${dir}/bzImage`;
@@ -126,16 +135,7 @@ Deno.test("boot --control never replaces a user's file or a live socket", async 
   ];
   try {
     for (const [path, re] of cases) {
-      const out = await new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", cli, "boot", "--kernel", kernel, "--control", path],
-        stdout: "piped",
-        stderr: "piped",
-        stdin: "null",
-      }).output();
-      const err = new TextDecoder().decode(out.stderr);
-      assert.equal(out.code, 2, err);
-      assert.match(err, re);
-      assert.equal(err.trim().split("\n").length, 1, `one line, got: ${err}`);
+      await assertUsageError(["boot", "--kernel", kernel, "--control", path], re);
     }
     assert.equal(Deno.readTextFileSync(notes), "important data\n");
     assert.ok(Deno.lstatSync(`${dir}/live.sock`).isSocket, "the live socket is still there");
@@ -166,23 +166,17 @@ Deno.test({
   ignore: HOST_VERDICT.ok,
   async fn() {
     if (HOST_VERDICT.ok) return;
-    const cli = new URL("../../../cli.ts", import.meta.url).pathname;
     // A kernel that parses: the refusal comes once the inputs are checked, before anything is
     // built (a real kernel used to boot and hang silently on PVM).
     const dir = await Deno.makeTempDir();
     const kernel = `${dir}/bzImage`;
     Deno.writeFileSync(kernel, fakeImage());
     const started = performance.now();
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", cli, "boot", "--kernel", kernel, "--cpus", "2"],
-      stdout: "piped",
-      stderr: "piped",
-      stdin: "null",
-    }).output();
+    const out = await runCli(["boot", "--kernel", kernel, "--cpus", "2"]);
     const seconds = (performance.now() - started) / 1000;
-    const err = new TextDecoder().decode(out.stderr);
+    const err = out.stderr;
     assert.equal(out.code, 2, err);
-    assert.equal(new TextDecoder().decode(out.stdout), "", "nothing on the console");
+    assert.equal(out.stdout, "", "nothing on the console");
     assert.equal(err.split("\n").filter((l) => l !== "").length, 1, err);
     assert.equal(err, `hyperdeno: ${kvmRefusal(HOST_VERDICT)}\n`);
     assert.match(err, /hardware KVM/);
