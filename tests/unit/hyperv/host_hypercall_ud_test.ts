@@ -7,20 +7,15 @@
 import assert from "node:assert/strict";
 import { KVM } from "../../../ffi/kvm_abi.ts";
 import { GuestMemory } from "../../../src/kvm/guest_memory.ts";
-import { Kvm, kvmFlavour } from "../../../src/kvm/kvm.ts";
+import { Kvm } from "../../../src/kvm/kvm.ts";
 import { Vcpu } from "../../../src/kvm/vcpu.ts";
 import { runVcpu } from "../../../src/kvm/vcpu_loop.ts";
 import { HV_HYPERCALL_PORT } from "../../../src/hyperv/mod.ts";
 import { raiseHypercallUd, VcpuHypercallRegs } from "../../../src/hyperv/host/hyperv_host.ts";
 import { enableHypercalls, makeRig } from "./fakes.ts";
+import { kvmUsable } from "../kvm/kvm_usable.ts";
 
-let usable = false;
-try {
-  Kvm.open().close();
-  usable = true;
-} catch {
-  console.warn(`skipped: hypercall #UD test (/dev/kvm ${kvmFlavour()} or not accessible)`);
-}
+const usable = kvmUsable("hypercall #UD test");
 
 const CODE = 0x1000;
 const UD_HANDLER = 0x2000;

@@ -9,21 +9,16 @@ import assert from "node:assert/strict";
 import { eventfd, eventfdSignal } from "../../../ffi/libc.ts";
 import { KVM } from "../../../ffi/kvm_abi.ts";
 import { GuestMemory } from "../../../src/kvm/guest_memory.ts";
-import { Kvm, kvmFlavour } from "../../../src/kvm/kvm.ts";
+import { Kvm } from "../../../src/kvm/kvm.ts";
 import { Vcpu } from "../../../src/kvm/vcpu.ts";
 import { runVcpu } from "../../../src/kvm/vcpu_loop.ts";
 import { PciFunction } from "../../../src/machine/pci/function.ts";
 import { PIIX4_PM_DEVFN } from "../../../src/machine/pci/piix.ts";
 import { DeviceRegistry } from "../../../src/machine/registry.ts";
 import { attachPcDevices, createPcDeviceState } from "../../../src/vmm/pc_devices.ts";
+import { kvmUsable } from "./kvm_usable.ts";
 
-let usable = false;
-try {
-  Kvm.open().close();
-  usable = true;
-} catch {
-  console.warn(`skipped: interrupt delivery tests (/dev/kvm ${kvmFlavour()} or not accessible)`);
-}
+const usable = kvmUsable("interrupt delivery tests");
 
 const IOAPIC = 0xfec0_0000;
 const LAPIC = 0xfee0_0000;

@@ -5,18 +5,13 @@
 import assert from "node:assert/strict";
 import { KVM } from "../../../ffi/kvm_abi.ts";
 import { GuestMemory } from "../../../src/kvm/guest_memory.ts";
-import { Kvm, kvmFlavour } from "../../../src/kvm/kvm.ts";
+import { Kvm } from "../../../src/kvm/kvm.ts";
 import { Vcpu } from "../../../src/kvm/vcpu.ts";
 import { VCPU_REQUEST, VcpuControl } from "../../../src/kvm/vcpu_control.ts";
 import { runVcpu } from "../../../src/kvm/vcpu_loop.ts";
+import { kvmUsable } from "./kvm_usable.ts";
 
-let usable = false;
-try {
-  Kvm.open().close();
-  usable = true;
-} catch {
-  console.warn(`skipped: KVM layer tests (/dev/kvm ${kvmFlavour()} or not accessible)`);
-}
+const usable = kvmUsable("KVM layer tests");
 
 function realModeVm(code: number[]) {
   const kvm = Kvm.open();

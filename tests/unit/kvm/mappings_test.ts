@@ -4,18 +4,13 @@
  */
 import assert from "node:assert/strict";
 import { close } from "../../../ffi/libc.ts";
-import { Kvm, kvmFlavour } from "../../../src/kvm/kvm.ts";
+import { Kvm } from "../../../src/kvm/kvm.ts";
 import { rdtsc, releaseRdtsc } from "../../../src/kvm/tsc.ts";
 import { Vcpu } from "../../../src/kvm/vcpu.ts";
 import { VcpuControl } from "../../../src/kvm/vcpu_control.ts";
+import { kvmUsable } from "./kvm_usable.ts";
 
-let usable = false;
-try {
-  Kvm.open().close();
-  usable = true;
-} catch {
-  console.warn(`skipped: kvm_run mapping tests (/dev/kvm ${kvmFlavour()} or not accessible)`);
-}
+const usable = kvmUsable("kvm_run mapping tests");
 
 /** Mappings of vCPU files (`anon_inode:kvm-vcpu:N`) in this process. */
 function vcpuMappings(): number {

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { C, mmap } from "../../../ffi/libc.ts";
 import { KVM } from "../../../ffi/kvm_abi.ts";
-import { Kvm, kvmFlavour } from "../../../src/kvm/kvm.ts";
+import { Kvm } from "../../../src/kvm/kvm.ts";
 import { Vcpu } from "../../../src/kvm/vcpu.ts";
 import { KVM_CAP_READONLY_MEM } from "../../../src/kvm/vm.ts";
 import { runVcpu } from "../../../src/kvm/vcpu_loop.ts";
@@ -15,14 +15,9 @@ import {
   KVM_IDENTITY_MAP_START,
   KVM_TSS_START,
 } from "../../../src/machine/layout.ts";
+import { kvmUsable } from "./kvm_usable.ts";
 
-let usable = false;
-try {
-  Kvm.open().close();
-  usable = true;
-} catch {
-  console.warn(`skipped: memory slot tests (/dev/kvm ${kvmFlavour()} or not accessible)`);
-}
+const usable = kvmUsable("memory slot tests");
 
 Deno.test("layout: KVM's TSS and identity-map pages sit below the firmware area, as QEMU's", () => {
   assert.equal(KVM_IDENTITY_MAP_START, 0xfeff_c000);

@@ -5,19 +5,14 @@
  */
 import assert from "node:assert/strict";
 import { KVM } from "../../../ffi/kvm_abi.ts";
-import { Kvm, kvmFlavour } from "../../../src/kvm/kvm.ts";
+import { Kvm } from "../../../src/kvm/kvm.ts";
 import { Vcpu } from "../../../src/kvm/vcpu.ts";
 import { runVcpu } from "../../../src/kvm/vcpu_loop.ts";
 import { EventLoop } from "../../../src/util/event_loop.ts";
 import { PostedWrite } from "../../../src/vmm/posted_writes.ts";
+import { kvmUsable } from "../kvm/kvm_usable.ts";
 
-let usable = false;
-try {
-  Kvm.open().close();
-  usable = true;
-} catch {
-  console.warn(`skipped: posted write tests (/dev/kvm ${kvmFlavour()} or not accessible)`);
-}
+const usable = kvmUsable("posted write tests");
 
 Deno.test({
   name: "posted writes: a matching OUT completes in KVM, others exit, the binding moves",

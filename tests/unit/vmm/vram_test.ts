@@ -5,18 +5,13 @@
  */
 import assert from "node:assert/strict";
 import { KVM } from "../../../ffi/kvm_abi.ts";
-import { Kvm, kvmFlavour } from "../../../src/kvm/kvm.ts";
+import { Kvm } from "../../../src/kvm/kvm.ts";
 import { Vcpu } from "../../../src/kvm/vcpu.ts";
 import { runVcpu } from "../../../src/kvm/vcpu_loop.ts";
 import { allocateVram, vramForVm } from "../../../src/vmm/vram.ts";
+import { kvmUsable } from "../kvm/kvm_usable.ts";
 
-let usable = false;
-try {
-  Kvm.open().close();
-  usable = true;
-} catch {
-  console.warn(`skipped: VRAM slot test (/dev/kvm ${kvmFlavour()} or not accessible)`);
-}
+const usable = kvmUsable("VRAM slot test");
 
 Deno.test({
   name: "VRAM slot: guest stores at the mapped GPA reach host memory without MMIO exits",
